@@ -1,0 +1,373 @@
+"""The dual-stream network: a 2D CNN on face frames, a 3D CNN on optical flow, cross-attention fusion.
+
+Reads top-down: the static stream (spatial face tokens), the dynamic stream (spatio-temporal
+flow tokens, padded clips masked so padding never changes a real token), the fusion layers,
+and the full model with its regression head.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import Tensor, nn
+
+from model.config import DynamicConfig, FusionConfig, ModelConfig, StaticConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ModelOutput:
+    """What the network returns.
+
+    `attention` (only with `return_attention=True` and cross-attention fusion) maps a direction
+    to the LAST fusion layer's weights, per head, summing to one over keys:
+    "static_to_dynamic" [B, heads, Ls, Ld] and/or "dynamic_to_static" [B, heads, Ld, Ls].
+    Static token i lies on the face grid `static_grid` = (K, h, w) at (i // (h*w), i // w % h, i % w);
+    dynamic token j at (j // (h*w), j // w % h, j % w) of `dynamic_grid` = (T', h, w), and is real
+    where `dynamic_mask[:, j]` is True.
+    """
+
+    pred: Tensor  # [B, n_outputs] in (0, 1)
+    attention: dict[str, Tensor] | None
+    static_emb: Tensor | None  # [B, D] pooled (after fusion)
+    dynamic_emb: Tensor | None  # [B, D] pooled over real tokens (after fusion)
+    static_grid: tuple[int, int, int] | None  # (K, h, w)
+    dynamic_grid: tuple[int, int, int] | None  # (T', h, w), T' of the longest clip in the batch
+    dynamic_mask: Tensor | None  # [B, Ld] bool, True = token from real flow steps
+
+
+# ---------------------------------------------------------------- static stream
+
+
+def load_pretrained(module: nn.Module, path: str | Path) -> nn.modules.module._IncompatibleKeys:
+    """Load a local torchvision state dict non-strictly, logging keys that did not match."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    own = module.state_dict()
+    shape_mismatch = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
+    state = {k: v for k, v in state.items() if k not in shape_mismatch}
+    result = module.load_state_dict(state, strict=False)
+    log.info("loaded pretrained weights from %s (%d tensors)", path, len(state) - len(result.unexpected_keys))
+    if result.missing_keys:
+        log.warning("pretrained: %d missing keys: %s", len(result.missing_keys), result.missing_keys)
+    if result.unexpected_keys:
+        log.warning("pretrained: %d unexpected keys: %s", len(result.unexpected_keys), result.unexpected_keys)
+    if shape_mismatch:
+        log.warning("pretrained: %d keys skipped for shape mismatch: %s", len(shape_mismatch), shape_mismatch)
+    return result
+
+
+RESNET_STAGES = ("conv1", "bn1", "layer1", "layer2", "layer3", "layer4")
+
+
+def freeze_prefixes(spec: str) -> list[str]:
+    """Parameter-name prefixes to freeze: "conv1,layer1" as given, or "upto:layer2" = stem..layer2."""
+    spec = spec.strip()
+    if not spec:
+        return []
+    if spec.startswith("upto:"):
+        last = spec.removeprefix("upto:").strip()
+        if last not in RESNET_STAGES:
+            raise ValueError(f"freeze upto: unknown stage {last!r}; choose from {RESNET_STAGES}")
+        return list(RESNET_STAGES[: RESNET_STAGES.index(last) + 1])
+    return [p.strip() for p in spec.split(",") if p.strip()]
+
+
+class StaticStream(nn.Module):
+    """ResNet trunk on K face frames; its last feature map gives K*h*w spatial tokens."""
+
+    def __init__(self, cfg: StaticConfig, dim: int) -> None:
+        super().__init__()
+        self.backbone = getattr(torchvision.models, cfg.backbone)(weights=None)
+        self.backbone.fc = nn.Identity()
+        if cfg.pretrained:
+            load_pretrained(self.backbone, cfg.pretrained)
+        self.frozen = freeze_prefixes(cfg.freeze)
+        for name, param in self.backbone.named_parameters():
+            if any(name.startswith(p) for p in self.frozen):
+                param.requires_grad_(False)
+        channels = self.backbone.layer4[-1].conv1.in_channels
+        h = w = math.ceil(cfg.input_size / 32)
+        self.grid = (cfg.frames, h, w)
+        self.proj = nn.Linear(channels, dim)
+        self.frame_emb = nn.Parameter(torch.zeros(cfg.frames, 1, dim))
+        self.pos_emb = nn.Parameter(torch.zeros(1, h * w, dim))
+        nn.init.trunc_normal_(self.frame_emb, std=0.02)
+        nn.init.trunc_normal_(self.pos_emb, std=0.02)
+
+    def train(self, mode: bool = True) -> StaticStream:
+        """Frozen batch norms keep their running statistics."""
+        super().train(mode)
+        for name, module in self.backbone.named_modules():
+            if isinstance(module, nn.BatchNorm2d) and any(name.startswith(p) for p in self.frozen):
+                module.eval()
+        return self
+
+    def features(self, x: Tensor) -> Tensor:
+        b = self.backbone
+        x = b.maxpool(b.relu(b.bn1(b.conv1(x))))
+        return b.layer4(b.layer3(b.layer2(b.layer1(x))))
+
+    def forward(self, faces: Tensor) -> Tensor:
+        bsz, k = faces.shape[:2]
+        fmap = self.features(faces.flatten(0, 1))  # (B*K, C, h, w)
+        if fmap.shape[-2:] != self.grid[1:]:
+            raise ValueError(f"face input gives a {tuple(fmap.shape[-2:])} grid, expected {self.grid[1:]}")
+        tokens = self.proj(fmap.flatten(2).transpose(1, 2))  # (B*K, h*w, D)
+        tokens = tokens.unflatten(0, (bsz, k)) + self.frame_emb[:k] + self.pos_emb  # (B, K, h*w, D)
+        return tokens.flatten(1, 2)  # (B, K*h*w, D)
+
+
+# ---------------------------------------------------------------- dynamic stream
+
+
+class MaskedConv3dBlock(nn.Module):
+    """Conv3d-BN-ReLU whose padded time steps are re-zeroed, so they look like conv zero padding."""
+
+    def __init__(self, cin: int, cout: int, stride: tuple[int, int, int]) -> None:
+        super().__init__()
+        self.stride_t = stride[0]
+        self.conv = nn.Conv3d(cin, cout, 3, stride=stride, padding=1, bias=False)
+        self.bn = nn.BatchNorm3d(cout)
+
+    def out_lengths(self, lengths: Tensor) -> Tensor:
+        return (lengths - 1) // self.stride_t + 1
+
+    def forward(self, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        x = F.relu(self.bn(self.conv(x)))  # (B, C, T', H', W')
+        lengths = self.out_lengths(lengths)
+        keep = torch.arange(x.shape[2], device=x.device)[None, :] < lengths[:, None]
+        return x * keep[:, None, :, None, None].to(x.dtype), lengths
+
+
+class Light3D(nn.Module):
+    """A small 3D CNN for CPUs: a stem and a few strided blocks, masked over padded steps."""
+
+    def __init__(self, cfg: DynamicConfig) -> None:
+        super().__init__()
+        width = cfg.channels
+        blocks = [MaskedConv3dBlock(2, width, (1, 2, 2))]
+        for _ in range(cfg.blocks):
+            blocks.append(MaskedConv3dBlock(width, width * 2, (2, 2, 2)))
+            width *= 2
+        self.blocks = nn.ModuleList(blocks)
+        self.out_channels = width
+
+    def forward(self, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        for block in self.blocks:
+            x, lengths = block(x, lengths)
+        return x, lengths
+
+
+class VideoResNet(nn.Module):
+    """torchvision r3d_18 / r2plus1d_18 with a 2-channel stem, run per clip length so padding cannot leak."""
+
+    def __init__(self, cfg: DynamicConfig) -> None:
+        super().__init__()
+        net = getattr(torchvision.models.video, cfg.backbone)(weights=None)
+        old = net.stem[0]
+        net.stem[0] = nn.Conv3d(
+            2, old.out_channels, old.kernel_size, stride=old.stride, padding=old.padding, bias=False
+        )
+        self.trunk = nn.Sequential(net.stem, net.layer1, net.layer2, net.layer3, net.layer4)
+        self.out_channels = net.fc.in_features
+
+    def forward(self, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        outs: dict[int, tuple[Tensor, Tensor]] = {}
+        for length in lengths.unique().tolist():
+            rows = (lengths == length).nonzero().flatten()
+            outs[length] = (rows, self.trunk(x[rows, :, :length]))
+        t_max = max(o.shape[2] for _, o in outs.values())
+        sample = next(iter(outs.values()))[1]
+        y = sample.new_zeros((x.shape[0], sample.shape[1], t_max, *sample.shape[3:]))
+        out_lengths = torch.zeros_like(lengths)
+        for rows, o in outs.values():
+            y[rows, :, : o.shape[2]] = o
+            out_lengths[rows] = o.shape[2]
+        return y, out_lengths
+
+
+def sinusoid(n: int, dim: int, device: torch.device) -> Tensor:
+    """Fixed sinusoidal embedding of positions 0..n-1: temporal length varies between clips."""
+    pos = torch.arange(n, device=device, dtype=torch.float32)[:, None]
+    freq = torch.exp(torch.arange(0, dim, 2, device=device, dtype=torch.float32) * (-math.log(1e4) / dim))
+    emb = torch.zeros(n, dim, device=device)
+    emb[:, 0::2] = torch.sin(pos * freq)
+    emb[:, 1::2] = torch.cos(pos * freq)
+    return emb
+
+
+class DynamicStream(nn.Module):
+    """3D CNN on the flow clip; its feature map gives T'*h*w tokens and their validity mask."""
+
+    def __init__(self, cfg: DynamicConfig, dim: int) -> None:
+        super().__init__()
+        self.backbone = Light3D(cfg) if cfg.backbone == "light3d" else VideoResNet(cfg)
+        self.proj = nn.Linear(self.backbone.out_channels, dim)
+        with torch.no_grad():
+            probe, _ = self.backbone.eval()(
+                torch.zeros(1, 2, 8, cfg.input_size, cfg.input_size), torch.tensor([8])
+            )
+        self.backbone.train()
+        h, w = probe.shape[-2:]
+        self.spatial = (h, w)
+        self.pos_emb = nn.Parameter(torch.zeros(1, 1, h * w, dim))
+        nn.init.trunc_normal_(self.pos_emb, std=0.02)
+
+    def forward(self, flow: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, tuple[int, int, int]]:
+        lengths = mask.sum(1).clamp(min=1)
+        x = flow.transpose(1, 2) * mask[:, None, :, None, None].to(flow.dtype)  # (B, 2, T, F, F)
+        fmap, lengths = self.backbone(x, lengths)  # (B, C, T', h, w)
+        bsz, _, t, h, w = fmap.shape
+        tokens = self.proj(fmap.flatten(3).permute(0, 2, 3, 1))  # (B, T', h*w, D)
+        tokens = tokens + self.pos_emb + sinusoid(t, tokens.shape[-1], tokens.device)[None, :, None]
+        valid = torch.arange(t, device=flow.device)[None, :] < lengths[:, None]  # (B, T')
+        valid = valid[:, :, None].expand(bsz, t, h * w)
+        return tokens.flatten(1, 2), valid.flatten(1), (t, h, w)
+
+
+# ---------------------------------------------------------------- fusion
+
+
+class CrossAttentionLayer(nn.Module):
+    """Queries attend to another token set, then a feed-forward block; residual and norm switchable."""
+
+    def __init__(self, cfg: FusionConfig) -> None:
+        super().__init__()
+        dim = cfg.dim
+        self.residual = cfg.residual
+        norm = (lambda: nn.LayerNorm(dim)) if cfg.norm else nn.Identity
+        self.norm_q, self.norm_kv, self.norm_ff = norm(), norm(), norm()
+        self.attn = nn.MultiheadAttention(dim, cfg.heads, dropout=cfg.dropout, batch_first=True)
+        self.ff = nn.Sequential(
+            nn.Linear(dim, cfg.ff_mult * dim),
+            nn.GELU(),
+            nn.Dropout(cfg.dropout),
+            nn.Linear(cfg.ff_mult * dim, dim),
+        )
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, q: Tensor, kv: Tensor, kv_mask: Tensor | None) -> tuple[Tensor, Tensor]:
+        kvn = self.norm_kv(kv)
+        pad = None if kv_mask is None else ~kv_mask
+        a, weights = self.attn(
+            self.norm_q(q), kvn, kvn, key_padding_mask=pad, need_weights=True, average_attn_weights=False
+        )
+        x = q + self.drop(a) if self.residual else a
+        f = self.drop(self.ff(self.norm_ff(x)))
+        return (x + f if self.residual else f), weights  # weights: (B, heads, Lq, Lk)
+
+
+class CrossAttentionFusion(nn.Module):
+    """`layers` rounds of cross-attention in one or both directions; both sets update in parallel."""
+
+    def __init__(self, cfg: FusionConfig) -> None:
+        super().__init__()
+        self.s2d = cfg.direction in ("static_to_dynamic", "bidirectional")
+        self.d2s = cfg.direction in ("dynamic_to_static", "bidirectional")
+        self.static_layers = nn.ModuleList(
+            CrossAttentionLayer(cfg) for _ in range(cfg.layers if self.s2d else 0)
+        )
+        self.dynamic_layers = nn.ModuleList(
+            CrossAttentionLayer(cfg) for _ in range(cfg.layers if self.d2s else 0)
+        )
+        self.layers = cfg.layers
+
+    def forward(self, s: Tensor, d: Tensor, d_mask: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        attention: dict[str, Tensor] = {}
+        for i in range(self.layers):
+            s_new, d_new = s, d
+            if self.s2d:
+                s_new, attention["static_to_dynamic"] = self.static_layers[i](s, d, d_mask)
+            if self.d2s:
+                d_new, attention["dynamic_to_static"] = self.dynamic_layers[i](d, s, None)
+            s, d = s_new, d_new
+        return s, d, attention
+
+
+def masked_mean(tokens: Tensor, mask: Tensor | None) -> Tensor:
+    """Mean over tokens (B, L, D) -> (B, D), counting only those where mask is True."""
+    if mask is None:
+        return tokens.mean(1)
+    m = mask[..., None].to(tokens.dtype)
+    return (tokens * m).sum(1) / m.sum(1).clamp(min=1.0)
+
+
+# ---------------------------------------------------------------- the model
+
+
+class DualStreamNet(nn.Module):
+    """Faces and flow to Big Five scores (and interview, optionally), with switchable fusion."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        cfg.validate()
+        self.cfg = cfg
+        dim = cfg.fusion.dim
+        self.use_static = cfg.streams in ("both", "static")
+        self.use_dynamic = cfg.streams in ("both", "dynamic")
+        self.static = StaticStream(cfg.static, dim) if self.use_static else None
+        self.dynamic = DynamicStream(cfg.dynamic, dim) if self.use_dynamic else None
+        both = self.use_static and self.use_dynamic
+        self.fusion = (
+            CrossAttentionFusion(cfg.fusion) if both and cfg.fusion.type == "cross_attention" else None
+        )
+        head_in = 2 * dim if both and cfg.fusion.type != "add" else dim
+        self.head = nn.Sequential(
+            nn.LayerNorm(head_in),
+            nn.Linear(head_in, cfg.head_hidden),
+            nn.GELU(),
+            nn.Dropout(cfg.dropout),
+            nn.Linear(cfg.head_hidden, cfg.n_outputs),
+        )
+
+    @torch.no_grad()
+    def set_output_prior(self, mean: Tensor) -> None:
+        """Start the sigmoid head at the training-label mean, so early epochs need not find it."""
+        p = torch.as_tensor(mean, dtype=torch.float32).clamp(1e-3, 1 - 1e-3)
+        self.head[-1].bias.copy_(torch.logit(p).to(self.head[-1].bias))
+
+    def forward(
+        self,
+        faces: Tensor | None,
+        flow: Tensor | None,
+        flow_mask: Tensor | None,
+        return_attention: bool = False,
+    ) -> ModelOutput:
+        s = d = d_mask = None
+        static_grid = dynamic_grid = None
+        if self.static is not None:
+            s = self.static(faces)  # (B, Ls, D)
+            static_grid = self.static.grid
+        if self.dynamic is not None:
+            d, d_mask, dynamic_grid = self.dynamic(flow, flow_mask)  # (B, Ld, D), (B, Ld)
+        attention = None
+        if self.fusion is not None:
+            s, d, attention = self.fusion(s, d, d_mask)
+        s_emb = None if s is None else masked_mean(s, None)
+        d_emb = None if d is None else masked_mean(d, d_mask)
+        if s_emb is not None and d_emb is not None:
+            z = s_emb + d_emb if self.cfg.fusion.type == "add" else torch.cat([s_emb, d_emb], dim=1)
+        else:
+            z = s_emb if s_emb is not None else d_emb
+        pred = torch.sigmoid(self.head(z))
+        return ModelOutput(
+            pred=pred,
+            attention=attention if return_attention else None,
+            static_emb=s_emb,
+            dynamic_emb=d_emb,
+            static_grid=static_grid,
+            dynamic_grid=dynamic_grid,
+            dynamic_mask=d_mask,
+        )
+
+
+def build_model(cfg: ModelConfig) -> DualStreamNet:
+    """The network a ModelConfig describes."""
+    return DualStreamNet(cfg)

@@ -1,0 +1,261 @@
+"""extract-frames: timestamp sampling, compact storage, bad inputs, resume and interruption."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from stages.common import SkipClip, stored_key
+from stages.extract_frames import (
+    Frames,
+    check_frames,
+    decode_frames,
+    encode_frames,
+    fit_size,
+    load_frames,
+    main,
+    sample_frames,
+    save_frames,
+)
+from tests.fixtures import (
+    NON_ASCII_NAME,
+    READABLE,
+    TOO_SHORT,
+    UNREADABLE,
+    face_frames,
+    make_bad_clips,
+    write_video,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def level_clip(path: Path, fps: float, seconds: float = 2.0, times: list[float] | None = None) -> Path:
+    """A clip whose frame i is a flat grey of level 10 + 4 i, so a decoded frame tells its index."""
+    n = len(times) if times is not None else round(seconds * fps)
+    levels = 10 + 4 * np.arange(n)
+    frames = np.broadcast_to(levels[:, None, None, None], (n, 48, 64, 3)).astype(np.uint8)
+    return write_video(path, frames, fps, times)
+
+
+def frame_index(image: np.ndarray) -> int:
+    return round((float(image.mean()) - 10) / 4)
+
+
+@pytest.mark.parametrize("source_fps", [30.0, 25.0, 30000 / 1001])
+def test_sampling_keeps_first_frame_at_or_after_each_target(tmp_path, source_fps):
+    clip = level_clip(tmp_path / "c.mp4", source_fps)
+    got = sample_frames(clip, fps=5, max_side=640)
+    source_times = np.arange(round(2.0 * source_fps)) / source_fps
+    expected = [int(np.argmax(source_times >= k / 5 - 1e-3)) for k in range(10)]
+    assert [frame_index(f) for f in got.frames] == expected
+    np.testing.assert_allclose(got.timestamps, source_times[expected], atol=1e-3)
+    assert got.source_fps == pytest.approx(source_fps, rel=1e-3)
+    assert got.source_size == (64, 48)
+    assert got.frames.dtype == np.uint8 and got.frames.shape == (10, 48, 64, 3)
+
+
+def test_variable_frame_rate_is_sampled_by_decoded_timestamps(tmp_path):
+    # Intervals alternate 30 ms / 170 ms: frame counts and fps metadata say nothing useful.
+    times = np.cumsum([0.0] + [0.03 if i % 2 == 0 else 0.17 for i in range(19)])
+    clip = level_clip(tmp_path / "vfr.mp4", 25.0, times=list(times))
+    got = sample_frames(clip, fps=5, max_side=640)
+    expected, k = [], 0
+    for i, t in enumerate(times):
+        if t >= k / 5 - 1e-3:
+            expected.append(i)
+            k = int(np.floor((t + 1e-3) * 5)) + 1
+    assert [frame_index(f) for f in got.frames] == expected
+    np.testing.assert_allclose(got.timestamps, times[expected], atol=1e-3)
+    assert np.all(np.diff(got.timestamps) > 0)
+
+
+def test_fit_size_keeps_aspect_and_never_upscales():
+    assert fit_size((1280, 720), 640) == (640, 360)
+    assert fit_size((720, 1280), 640) == (360, 640)
+    assert fit_size((320, 240), 640) == (320, 240)
+
+
+def test_readable_awkward_clips_give_rgb_frames(tmp_path):
+    clips = make_bad_clips(tmp_path)
+    assert clips["non_ascii"].name == f"{NON_ASCII_NAME}.mp4"
+    for case in READABLE:
+        got = sample_frames(clips[case], fps=5, max_side=160)
+        check_frames(got, min_frames=8, min_coverage=0.9)
+        assert got.frames.ndim == 4 and got.frames.shape[-1] == 3, case
+        assert max(got.frames.shape[1:3]) == 160, case
+    portrait = sample_frames(clips["portrait"], fps=5, max_side=160)
+    assert portrait.source_size == (180, 320)
+    assert portrait.frames.shape[1:3] == (160, 90)
+    gray = sample_frames(clips["grayscale"], fps=5, max_side=640).frames.astype(int)
+    assert np.abs(gray[..., 0] - gray[..., 1]).max() <= 3 and np.abs(gray[..., 1] - gray[..., 2]).max() <= 3
+    colour = sample_frames(clips["good"], fps=5, max_side=640).frames.astype(int)
+    assert np.abs(colour[..., 0] - colour[..., 2]).max() > 30
+
+
+def test_bad_clips_are_skipped_with_reasons(tmp_path):
+    clips = make_bad_clips(tmp_path)
+    reasons = {}
+    for case in UNREADABLE + TOO_SHORT:
+        with pytest.raises(SkipClip) as err:
+            check_frames(sample_frames(clips[case], fps=5, max_side=640), min_frames=8, min_coverage=0.9)
+        reasons[case] = str(err.value)
+    assert "empty file" in reasons["zero_byte"]
+    assert "not a readable video" in reasons["text"]
+    assert "truncated" in reasons["truncated"] and "truncated" in reasons["truncated_indexed"]
+    assert "too short" in reasons["one_frame"]
+    with pytest.raises(SkipClip, match="missing"):
+        sample_frames(tmp_path / "absent.mp4", fps=5, max_side=640)
+
+
+def test_check_frames_flags_clips_cut_short_of_their_index():
+    frames = Frames(np.zeros((10, 4, 4, 3), np.uint8), np.arange(10) / 5, 25.0, (4, 4), 30, 50)
+    with pytest.raises(SkipClip, match="decoded 30 of the 50"):
+        check_frames(frames, min_frames=8, min_coverage=0.9)
+    check_frames(frames, min_frames=8, min_coverage=0.5)
+    with pytest.raises(SkipClip, match="too short"):
+        check_frames(frames, min_frames=11, min_coverage=0.5)
+
+
+@pytest.mark.parametrize("codec", ["webp", "jpeg"])
+def test_encoded_frames_round_trip(codec):
+    smooth = face_frames(3, (128, 96))
+    data, offsets = encode_frames(smooth, codec, 95)
+    assert data.dtype == np.uint8 and offsets[0] == 0 and offsets[-1] == len(data) and len(offsets) == 4
+    back = decode_frames(data, offsets)
+    assert back.shape == smooth.shape
+    assert np.abs(back.astype(int) - smooth).mean() < 4
+    with pytest.raises(ValueError, match="unknown frame codec"):
+        encode_frames(smooth, "gif", 90)
+
+
+def test_saved_clip_loads_back_with_its_key(tmp_path):
+    frames = Frames(np.full((3, 32, 48, 3), 120, np.uint8), np.array([0.0, 0.2, 0.4]), 30.0, (96, 64), 13)
+    path = tmp_path / "split" / "clip.npz"
+    save_frames(path, frames, "webp", 85, "abc123")
+    back = load_frames(path)
+    assert stored_key(path) == "abc123"
+    assert back.frames.shape == (3, 32, 48, 3) and np.abs(back.frames.astype(int) - 120).max() <= 2
+    np.testing.assert_array_equal(back.timestamps, frames.timestamps)
+    assert back.source_fps == 30.0 and back.source_size == (96, 64)
+    assert list(path.parent.iterdir()) == [path]
+
+
+@pytest.mark.shared_data
+def test_real_clip_sampling_size_and_speed(real_clip, tmp_path):
+    start = time.perf_counter()
+    got = sample_frames(real_clip, fps=5, max_side=640)
+    seconds = time.perf_counter() - start
+    assert got.source_size == (1280, 720) and got.source_frames == 459
+    assert got.source_fps == pytest.approx(30.0, rel=1e-3)
+    assert got.frames.shape == (77, 360, 640, 3)
+    np.testing.assert_allclose(got.timestamps, np.arange(77) / 5, atol=1e-3)
+    out = tmp_path / "real.npz"
+    save_frames(out, got, "webp", 85, "k")
+    assert out.stat().st_size <= 2_000_000
+    assert np.abs(load_frames(out).frames.astype(int) - got.frames).mean() < 3
+    assert seconds < 10, f"sampling took {seconds:.1f} s"
+
+
+# ---------------------------------------------------------------- the stage
+
+
+def make_project(root: Path, clips: dict[str, Path], workers: int = 1) -> dict[str, str]:
+    """A tiny project: videos under data/raw/videos/<split>/, labels.csv, params.yaml; clip -> split."""
+    splits = {}
+    rows = []
+    for i, src in enumerate(sorted(clips.values())):
+        split = ("train", "val", "test")[i % 3]
+        name = src.stem
+        dest = root / "data/raw/videos" / split / f"{name}.mp4"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes(src.read_bytes())
+        splits[name] = split
+        rows.append(f"{name},{split}," + ",".join(["0.5"] * 6))
+    header = "clip,split,openness,conscientiousness,extraversion,agreeableness,neuroticism,interview"
+    (root / "data/raw/labels.csv").write_text("\n".join([header, *rows]) + "\n", encoding="utf-8")
+    params = {
+        "frames": {
+            "fps": 5,
+            "max_side": 160,
+            "codec": "webp",
+            "quality": 85,
+            "min_frames": 8,
+            "min_coverage": 0.9,
+            "labels": "data/raw/labels.csv",
+            "videos_dir": "data/raw/videos",
+            "out_dir": "data/frames",
+            "report": "reports/data/frames.json",
+            "workers": workers,
+        }
+    }
+    (root / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
+    return splits
+
+
+def test_main_processes_good_clips_skips_bad_ones_and_resumes(tmp_path, monkeypatch):
+    clips = make_bad_clips(tmp_path / "src")
+    splits = make_project(tmp_path / "proj", clips)
+    monkeypatch.chdir(tmp_path / "proj")
+    main()
+    report = json.loads(Path("reports/data/frames.json").read_text())
+    skipped = {s["clip"]: s["reason"] for s in report["skipped_clips"]}
+    assert set(skipped) == set(UNREADABLE + TOO_SHORT)
+    assert report["ok"] == len(READABLE) and report["frames_per_clip"]["min"] >= 8
+    for case in READABLE:
+        name = clips[case].stem
+        out = Path("data/frames") / splits[name] / f"{name}.npz"
+        assert load_frames(out).frames.shape[-1] == 3
+        assert report["digests"][name]
+    assert "too short" in Path("reports/logs/extract_frames.log").read_text(encoding="utf-8")
+
+    # A second run redoes nothing; a clip dropped from labels.csv loses its output.
+    labels = Path("data/raw/labels.csv")
+    lines = labels.read_text(encoding="utf-8").splitlines()
+    dropped = clips["portrait"].stem
+    labels.write_text(
+        "\n".join(line for line in lines if not line.startswith(dropped)) + "\n", encoding="utf-8"
+    )
+    main()
+    report = json.loads(Path("reports/data/frames.json").read_text())
+    assert sum(c["done"] for c in report["counts"].values()) == 0
+    assert sum(c["cached"] for c in report["counts"].values()) == len(READABLE) - 1
+    assert not (Path("data/frames") / splits[dropped] / f"{dropped}.npz").exists()
+
+
+def test_killed_run_leaves_only_complete_outputs_and_resumes(tmp_path):
+    src = tmp_path / "src"
+    clips = {f"c{i:02d}": level_clip(src / f"c{i:02d}.mp4", 25.0, seconds=2.0) for i in range(14)}
+    root = tmp_path / "proj"
+    make_project(root, clips)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "stages.extract_frames"]
+    proc = subprocess.Popen(cmd, cwd=root, env=env, stderr=subprocess.DEVNULL, start_new_session=True)
+    out_dir = root / "data/frames"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and len(list(out_dir.rglob("c??.npz"))) < 3:
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    finished = {p: p.stat().st_mtime_ns for p in out_dir.rglob("c??.npz")}
+    assert 3 <= len(finished) < len(clips), "the run should be killed part way"
+    for path in finished:
+        assert load_frames(path).frames.shape == (10, 48, 64, 3)
+        assert stored_key(path)
+
+    subprocess.run(cmd, cwd=root, env=env, check=True, stderr=subprocess.DEVNULL)
+    report = json.loads((root / "reports/data/frames.json").read_text())
+    assert report["ok"] == len(clips) and report["skipped"] == 0
+    assert sum(c["cached"] for c in report["counts"].values()) >= len(finished)
+    assert all(path.stat().st_mtime_ns == mtime for path, mtime in finished.items())
+    assert not [p for p in out_dir.rglob("*") if ".partial" in p.name]
+    assert len(list(out_dir.rglob("*.npz"))) == len(clips)

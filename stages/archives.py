@@ -20,6 +20,7 @@ from pathlib import Path, PurePosixPath
 from typing import IO
 
 import requests
+import urllib3
 
 from stages.common import atomic_path, file_digest
 
@@ -84,7 +85,7 @@ def download(
             try:
                 if _fetch_once(session, url, part, timeout_s, stats):
                     break
-            except (requests.RequestException, DownloadError) as exc:
+            except (requests.RequestException, urllib3.exceptions.HTTPError, DownloadError) as exc:
                 response = exc.response if isinstance(exc, requests.HTTPError) else None
                 if response is not None and response.status_code < 500:
                     raise DownloadError(f"{url}: HTTP {response.status_code}") from exc
@@ -106,7 +107,9 @@ def _fetch_once(
 ) -> bool:
     """One request; True when `part` now holds the whole file."""
     offset = part.stat().st_size if part.exists() else 0
-    headers = {"Range": f"bytes={offset}-"} if offset else {}
+    headers = {"Accept-Encoding": "identity"}  # byte ranges must count the file's own bytes
+    if offset:
+        headers["Range"] = f"bytes={offset}-"
     stats.requests += 1
     with session.get(url, headers=headers, stream=True, timeout=timeout_s) as response:
         if response.status_code == 416:
@@ -131,7 +134,8 @@ def _fetch_once(
         length = response.headers.get("Content-Length")
         total = offset + int(length) if length is not None else None
         with open(part, mode) as f:
-            for block in response.iter_content(CHUNK_BYTES):
+            # read1 hands over what arrived before a dropped connection, so resuming loses nothing
+            while block := response.raw.read1(CHUNK_BYTES):
                 f.write(block)
     if total is not None and part.stat().st_size != total:
         raise DownloadError(f"{url}: got {part.stat().st_size} of {total} bytes")

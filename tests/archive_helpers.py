@@ -54,6 +54,43 @@ def plain_zip(members: dict[str, bytes]) -> bytes:
     return buffer.getvalue()
 
 
+# ---------------------------------------------------------------- the official layout in miniature
+
+PASSWORD = "t3st-pass"
+CLIPS = {
+    "train": ["-abc_12345.000", "_G3kw9HwCqY.001", "xyz.002"],
+    "val": ["val_clip.000", "val_clip.001"],
+    "test": ["test-clip.000", "test-clip.001"],
+}
+INNER = {"train": "training80_01.zip", "val": "validation80_01.zip", "test": "test80_01.zip"}
+ANNOTATION = {
+    "train": "annotation_training.pkl",
+    "val": "annotation_validation.pkl",
+    "test": "annotation_test.pkl",
+}
+
+
+def official_archives(tmp_path: Path) -> dict[str, bytes]:
+    """The FI V2 layout in miniature: outer zips of inner zips of mp4s; test and val/test labels encrypted."""
+    videos = {}
+    for split, clips in CLIPS.items():
+        videos[split] = {
+            f"{c}.mp4": make_mp4(tmp_path / "src" / f"{c}.mp4", seed=i) for i, c in enumerate(clips)
+        }
+    labels = {
+        split: annotation_pickle({c: 0.1 + 0.1 * i for i, c in enumerate(clips)})
+        for split, clips in CLIPS.items()
+    }
+    return {
+        "train-1.zip": plain_zip({INNER["train"]: plain_zip(videos["train"])}),
+        "val-1.zip": plain_zip({INNER["val"]: plain_zip(videos["val"])}),
+        "test-1e.zip": encrypted_zip({INNER["test"]: plain_zip(videos["test"])}, PASSWORD),
+        "train-annotation.zip": plain_zip({ANNOTATION["train"]: labels["train"]}),
+        "val-annotation-e.zip": encrypted_zip({ANNOTATION["val"]: labels["val"]}, PASSWORD),
+        "test-annotation-e.zip": encrypted_zip({ANNOTATION["test"]: labels["test"]}, PASSWORD),
+    }
+
+
 # ---------------------------------------------------------------- ZipCrypto
 
 

@@ -1,0 +1,291 @@
+"""The real ChaLearn First Impressions V2 data: official archives to videos and label rows.
+
+Archives come from a local folder or from the URLs of the manifest; each is checked against its
+sha256 before use. Labels come from the annotation pickles, which also decide each clip's split.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import pandas as pd
+
+from stages.annotations import ANNOTATION_FILES, VIDEO_SUFFIX, annotation_frame, read_annotation
+from stages.archives import ExtractStats, download, extract_nested, verify_sha256
+from stages.common import SPLITS, write_json
+
+log = logging.getLogger(__name__)
+
+EXPECTED_COUNTS = {"train": 6000, "val": 2000, "test": 2000}
+_SPLIT_PREFIXES = {"train": "train", "val": "val", "test": "test"}  # name prefix -> split
+CHECKSUM_CACHE = "checksums.json"
+
+
+@dataclass(frozen=True)
+class ManifestEntry:
+    archive: str
+    url: str = ""
+    sha256: str = ""
+
+
+@dataclass
+class ArchiveRecord:
+    archive: str
+    origin: str  # "local" | "download" | "missing"
+    path: str = ""
+    sha256: str = ""
+    checked: bool = False  # True when the manifest gave a sha256 and it matched
+
+
+@dataclass
+class Problem:
+    clip: str
+    split: str
+    reason: str
+
+
+@dataclass
+class ChalearnData:
+    labels: pd.DataFrame
+    archives: list[ArchiveRecord]
+    problems: list[Problem] = field(default_factory=list)
+    extract: dict[str, int] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------- manifest and archives
+
+
+def read_manifest(path: str | Path) -> list[ManifestEntry]:
+    """The manifest CSV (archive, url, sha256; lines starting with # are comments)."""
+    with open(path, encoding="utf-8", newline="") as f:
+        lines = [line for line in f if line.strip() and not line.lstrip().startswith("#")]
+    rows = csv.DictReader(lines)
+    return [
+        ManifestEntry(
+            row["archive"].strip(), (row.get("url") or "").strip(), (row.get("sha256") or "").strip()
+        )
+        for row in rows
+        if (row.get("archive") or "").strip()
+    ]
+
+
+def archive_split(name: str) -> str | None:
+    """The split an archive or inner-archive name stands for (train-1.zip, validation80_01.zip)."""
+    stem = PurePosixPath(name.replace("\\", "/")).name.lower()
+    return next((split for prefix, split in _SPLIT_PREFIXES.items() if stem.startswith(prefix)), None)
+
+
+def is_annotation_archive(name: str) -> bool:
+    return "annotation" in name.lower()
+
+
+def passwords_from(cfg: dict[str, Any]) -> list[str]:
+    """Candidate archive passwords: params first, then the environment variable it names."""
+    candidates = [cfg.get("password") or "", os.environ.get(cfg.get("password_env") or "", "")]
+    return list(dict.fromkeys(p for p in candidates if p))
+
+
+def locate_archives(
+    entries: list[ManifestEntry],
+    archives_dir: str | Path | None,
+    download_dir: str | Path,
+    *,
+    timeout_s: float = 60.0,
+    retries: int = 5,
+) -> list[ArchiveRecord]:
+    """Find or download each archive and check its sha256 (a mismatch raises ChecksumError)."""
+    local_dir = Path(archives_dir) if archives_dir else None
+    download_dir = Path(download_dir)
+    cache = _ChecksumCache(download_dir / CHECKSUM_CACHE)
+    records = []
+    for entry in entries:
+        if local_dir is not None and (local_dir / entry.archive).is_file():
+            record = ArchiveRecord(entry.archive, "local", str(local_dir / entry.archive))
+        elif entry.url:
+            log.info("downloading %s", entry.archive)
+            stats = download(entry.url, download_dir / entry.archive, timeout_s=timeout_s, retries=retries)
+            log.info("%s: %d bytes, %d resumed requests", entry.archive, stats.bytes, stats.resumed)
+            record = ArchiveRecord(entry.archive, "download", str(stats.path))
+        else:
+            log.warning("archive %s is neither in the archives folder nor has a URL", entry.archive)
+            records.append(ArchiveRecord(entry.archive, "missing"))
+            continue
+        record.sha256 = cache.digest(Path(record.path), entry.sha256)
+        record.checked = bool(entry.sha256)
+        if not entry.sha256:
+            log.warning("no sha256 for %s in the manifest; it is %s", entry.archive, record.sha256)
+        records.append(record)
+    known = {e.archive for e in entries}
+    if local_dir is not None and local_dir.is_dir():
+        for extra in sorted(local_dir.glob("*.zip")):
+            if extra.name not in known:
+                log.warning("%s is not in the manifest: used without a checksum", extra.name)
+                records.append(ArchiveRecord(extra.name, "local", str(extra), cache.digest(extra, "")))
+    cache.save()
+    return records
+
+
+class _ChecksumCache:
+    """sha256 of large archives, remembered by path, size and mtime so reruns skip the hashing."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            self.entries: dict[str, dict[str, Any]] = json.loads(path.read_text())
+        except (OSError, ValueError):
+            self.entries = {}
+
+    def digest(self, archive: Path, expected: str) -> str:
+        stat = archive.stat()
+        key = str(archive.resolve())
+        entry = self.entries.get(key)
+        if entry and entry["size"] == stat.st_size and entry["mtime_ns"] == stat.st_mtime_ns:
+            actual = entry["sha256"]
+            if expected and actual != expected.strip().lower():
+                return verify_sha256(archive, expected)  # hash again: raises unless the cache was stale
+            return actual
+        actual = verify_sha256(archive, expected)
+        self.entries[key] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": actual}
+        return actual
+
+    def save(self) -> None:
+        if self.entries:
+            write_json(self.path, self.entries)
+
+
+# ---------------------------------------------------------------- labels and videos
+
+
+def load_labels(
+    records: list[ArchiveRecord],
+    archives_dir: str | Path | None,
+    work_dir: str | Path,
+    *,
+    passwords: list[str],
+    max_member_bytes: int,
+) -> pd.DataFrame:
+    """Label rows of every split, from annotation pickles lying in the archives folder or zipped."""
+    work_dir = Path(work_dir)
+    found: dict[str, Path] = {}
+    if archives_dir:
+        for name in ANNOTATION_FILES:
+            if (Path(archives_dir) / name).is_file():
+                found[name] = Path(archives_dir) / name
+    for record in records:
+        if record.origin == "missing" or not is_annotation_archive(record.archive):
+            continue
+        extract_nested(
+            record.path,
+            work_dir,
+            route=lambda member: _annotation_route(member),
+            passwords=passwords,
+            max_member_bytes=max_member_bytes,
+            tmp_dir=work_dir,
+        )
+    for name in ANNOTATION_FILES:
+        if name not in found and (work_dir / name).is_file():
+            found[name] = work_dir / name
+    frames = []
+    for name, split in ANNOTATION_FILES.items():
+        if name not in found:
+            log.warning("no %s among the archives: the %s split has no labels", name, split)
+            continue
+        frames.append(annotation_frame(read_annotation(found[name]), split))
+    if not frames:
+        raise FileNotFoundError(
+            "no annotation pickle found in the archives folder or the annotation archives"
+        )
+    return pd.concat(frames, ignore_index=True)
+
+
+def _annotation_route(member: str) -> str | None:
+    name = PurePosixPath(member.replace("\\", "/")).name
+    return name if name in ANNOTATION_FILES else None
+
+
+def extract_videos(
+    records: list[ArchiveRecord],
+    videos_dir: str | Path,
+    split_of: dict[str, str],
+    *,
+    passwords: list[str],
+    max_member_bytes: int,
+    tmp_dir: str | Path,
+) -> tuple[ExtractStats, list[Problem]]:
+    """Unpack the mp4s of every video archive into videos_dir/<split>/<clip>.mp4.
+
+    A clip's split is the one its label says; an unlabelled clip follows its archive's name.
+    """
+    totals = ExtractStats()
+    problems: list[Problem] = []
+    for record in records:
+        if record.origin == "missing" or is_annotation_archive(record.archive):
+            continue
+        fallback = archive_split(record.archive)
+
+        def route(member: str, fallback: str | None = fallback, archive: str = record.archive) -> str | None:
+            name = PurePosixPath(member.replace("\\", "/")).name
+            if not name.lower().endswith(VIDEO_SUFFIX):
+                return None
+            clip = name[: -len(VIDEO_SUFFIX)]
+            split = split_of.get(clip, fallback)
+            if split is None:
+                problems.append(Problem(clip, "", f"unlabelled video in {archive} whose split is unknown"))
+                return None
+            return f"{split}/{clip}{VIDEO_SUFFIX}"
+
+        log.info("extracting %s", record.archive)
+        stats = extract_nested(
+            record.path,
+            videos_dir,
+            route=route,
+            passwords=passwords,
+            max_member_bytes=max_member_bytes,
+            tmp_dir=tmp_dir,
+        )
+        log.info("%s: %s", record.archive, stats)
+        for key, value in asdict(stats).items():
+            setattr(totals, key, getattr(totals, key) + value)
+    return totals, problems
+
+
+def prepare_chalearn(cfg: dict[str, Any], raw_dir: str | Path) -> ChalearnData:
+    """Fetch, check and unpack the official archives (params `data.chalearn`) into raw_dir."""
+    raw_dir = Path(raw_dir)
+    download_dir = Path(cfg["download_dir"])
+    archives_dir = cfg.get("archives_dir") or None
+    max_bytes = int(float(cfg["max_member_mb"]) * (1 << 20))
+    passwords = passwords_from(cfg)
+    records = locate_archives(
+        read_manifest(cfg["manifest"]),
+        archives_dir,
+        download_dir,
+        timeout_s=float(cfg["timeout_s"]),
+        retries=int(cfg.get("retries", 5)),
+    )
+    problems = [
+        Problem("", archive_split(r.archive) or "", f"archive {r.archive} missing: no local copy and no URL")
+        for r in records
+        if r.origin == "missing"
+    ]
+    labels = load_labels(
+        records, archives_dir, download_dir / "annotations", passwords=passwords, max_member_bytes=max_bytes
+    )
+    split_of = dict(zip(labels["clip"], labels["split"], strict=True))
+    stats, video_problems = extract_videos(
+        records,
+        raw_dir / "videos",
+        split_of,
+        passwords=passwords,
+        max_member_bytes=max_bytes,
+        tmp_dir=download_dir / "tmp",
+    )
+    order = {s: i for i, s in enumerate(SPLITS)}
+    labels = labels.sort_values(["split", "clip"], key=lambda c: c.map(order) if c.name == "split" else c)
+    return ChalearnData(labels.reset_index(drop=True), records, problems + video_problems, asdict(stats))

@@ -1,0 +1,174 @@
+"""The real-data path: official archive layout built in the test, served over HTTP, unpacked."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from stages.archives import ArchiveError, ChecksumError
+from stages.chalearn import (
+    EXPECTED_COUNTS,
+    ArchiveRecord,
+    archive_split,
+    load_labels,
+    passwords_from,
+    prepare_chalearn,
+    read_manifest,
+)
+from stages.common import LABEL_COLUMNS
+from tests.archive_helpers import (
+    CLIPS,
+    INNER,
+    PASSWORD,
+    ServerState,
+    annotation_pickle,
+    official_archives,
+    plain_zip,
+    range_server,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_manifest(path: Path, rows: list[tuple[str, str, str]]) -> Path:
+    lines = ["# test manifest", "archive,url,sha256", *(",".join(r) for r in rows)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def chalearn_cfg(tmp_path: Path, manifest: Path, archives_dir: str = "") -> dict:
+    return {
+        "archives_dir": archives_dir,
+        "manifest": str(manifest),
+        "download_dir": str(tmp_path / "downloads"),
+        "password": "",
+        "password_env": "TEST_CHALEARN_PASSWORD",
+        "max_member_mb": 16,
+        "timeout_s": 10,
+        "retries": 3,
+    }
+
+
+def test_shipped_manifest_lists_the_official_archives_without_secrets():
+    entries = read_manifest(REPO / "configs" / "chalearn_manifest.csv")
+    names = [e.archive for e in entries]
+    assert {f"train-{i}.zip" for i in range(1, 7)} <= set(names)
+    assert {"val-1.zip", "val-2.zip", "test-1e.zip", "test-2e.zip", "train-annotation.zip"} <= set(names)
+    assert len(names) == len(set(names))
+
+
+@pytest.mark.parametrize(
+    ("name", "split"),
+    [
+        ("train-3.zip", "train"),
+        ("training80_01.zip", "train"),
+        ("val-2.zip", "val"),
+        ("validation80_12.zip", "val"),
+        ("test-1e.zip", "test"),
+        ("sub/test80_01.zip", "test"),
+        ("extras.zip", None),
+    ],
+)
+def test_archive_split_from_official_names(name, split):
+    assert archive_split(name) == split
+
+
+def test_passwords_come_from_params_then_environment(monkeypatch):
+    cfg = {"password": "a", "password_env": "TEST_CHALEARN_PASSWORD"}
+    monkeypatch.setenv("TEST_CHALEARN_PASSWORD", "b")
+    assert passwords_from(cfg) == ["a", "b"]
+    monkeypatch.setenv("TEST_CHALEARN_PASSWORD", "a")
+    assert passwords_from(cfg | {"password": ""}) == ["a"]
+    monkeypatch.delenv("TEST_CHALEARN_PASSWORD")
+    assert passwords_from(cfg | {"password": ""}) == []
+
+
+def test_download_unpack_and_label_the_official_layout(tmp_path, monkeypatch):
+    monkeypatch.setenv("TEST_CHALEARN_PASSWORD", PASSWORD)
+    files = official_archives(tmp_path)
+    state = ServerState({f"/fi/{n}": b for n, b in files.items()}, drop_after=700)
+    with range_server(state) as url:
+        rows = [(n, f"{url}/fi/{n}", hashlib.sha256(b).hexdigest()) for n, b in files.items()]
+        manifest = write_manifest(tmp_path / "manifest.csv", rows)
+        data = prepare_chalearn(chalearn_cfg(tmp_path, manifest), tmp_path / "raw")
+    assert "bytes=700-" in state.ranges, "the dropped download was not resumed"
+    assert all(r.checked and r.origin == "download" for r in data.archives)
+    assert data.problems == []
+    assert list(data.labels.columns) == ["clip", "split", *LABEL_COLUMNS]
+    for split, clips in CLIPS.items():
+        rows = data.labels[data.labels["split"] == split]
+        assert sorted(rows["clip"]) == sorted(clips)
+        for i, clip in enumerate(clips):
+            video = tmp_path / "raw" / "videos" / split / f"{clip}.mp4"
+            assert video.read_bytes() == (tmp_path / "src" / f"{clip}.mp4").read_bytes()
+            assert rows.set_index("clip").loc[clip, "openness"] == pytest.approx(0.1 + 0.1 * i)
+    assert data.extract["nested"] == 3 and data.extract["written"] == 7
+    assert list(data.labels["split"].unique()) == ["train", "val", "test"]
+
+
+def test_corrupted_archive_is_fatal_and_names_the_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("TEST_CHALEARN_PASSWORD", PASSWORD)
+    files = official_archives(tmp_path)
+    good = {n: hashlib.sha256(b).hexdigest() for n, b in files.items()}
+    files["val-1.zip"] = files["val-1.zip"][:-10] + b"corrupted!"
+    archives_dir = tmp_path / "archives"
+    archives_dir.mkdir()
+    for name, data in files.items():
+        (archives_dir / name).write_bytes(data)
+    manifest = write_manifest(tmp_path / "manifest.csv", [(n, "", s) for n, s in good.items()])
+    with pytest.raises(ChecksumError, match=r"val-1\.zip"):
+        prepare_chalearn(chalearn_cfg(tmp_path, manifest, str(archives_dir)), tmp_path / "raw")
+    assert not (tmp_path / "raw" / "videos").exists()
+
+
+def test_local_archives_missing_ones_and_unlabelled_videos(tmp_path, monkeypatch):
+    monkeypatch.setenv("TEST_CHALEARN_PASSWORD", PASSWORD)
+    files = official_archives(tmp_path)
+    files["train-1.zip"] = plain_zip(
+        {INNER["train"]: plain_zip({"unlabelled.000.mp4": b"not even a video", "readme.txt": b"x"})}
+    )
+    archives_dir = tmp_path / "archives"
+    archives_dir.mkdir()
+    for name, data in files.items():
+        (archives_dir / name).write_bytes(data)
+    rows = [(n, "", "") for n in files] + [("train-2.zip", "", "")]
+    manifest = write_manifest(tmp_path / "manifest.csv", rows)
+    data = prepare_chalearn(chalearn_cfg(tmp_path, manifest, str(archives_dir)), tmp_path / "raw")
+    assert [r.archive for r in data.archives if r.origin == "missing"] == ["train-2.zip"]
+    assert any("train-2.zip" in p.reason for p in data.problems)
+    assert (tmp_path / "raw" / "videos" / "train" / "unlabelled.000.mp4").exists()
+    assert not (tmp_path / "raw" / "videos" / "train" / "readme.txt").exists()
+    local = [r for r in data.archives if r.origin == "local"]
+    assert local and not any(r.checked for r in local) and all(len(r.sha256) == 64 for r in local)
+
+
+def test_wrong_password_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("TEST_CHALEARN_PASSWORD", "not-it")
+    files = official_archives(tmp_path)
+    archives_dir = tmp_path / "archives"
+    archives_dir.mkdir()
+    for name in ("test-annotation-e.zip", "train-annotation.zip"):
+        (archives_dir / name).write_bytes(files[name])
+    manifest = write_manifest(tmp_path / "manifest.csv", [(n, "", "") for n in files])
+    with pytest.raises(ArchiveError, match=r"test-annotation-e\.zip.*password protected"):
+        prepare_chalearn(chalearn_cfg(tmp_path, manifest, str(archives_dir)), tmp_path / "raw")
+
+
+@pytest.mark.shared_data
+def test_labels_from_real_annotation_pickles_in_the_archives_folder(tmp_path, annotations_dir):
+    labels = load_labels([], annotations_dir, tmp_path, passwords=[], max_member_bytes=1 << 30)
+    assert labels.groupby("split").size().to_dict() == EXPECTED_COUNTS
+    assert labels["clip"].is_unique
+    row = labels.set_index("clip").loc["_G3kw9HwCqY.000"]
+    assert row["split"] == "train" and row["extraversion"] == pytest.approx(0.551, abs=0.005)
+
+
+def test_annotation_zip_is_read(tmp_path):
+    archive = tmp_path / "train-annotation.zip"
+    archive.write_bytes(plain_zip({"annotation_training.pkl": annotation_pickle({"a.000": 0.3})}))
+    record = ArchiveRecord("train-annotation.zip", "local", str(archive))
+    labels = load_labels([record], None, tmp_path / "work", passwords=[], max_member_bytes=1 << 20)
+    assert labels[["clip", "split"]].values.tolist() == [["a.000", "train"]]
+    assert labels.loc[0, "openness"] == pytest.approx(0.3)

@@ -142,14 +142,18 @@ class Scores:
         return Estimate(float(self.value[i, j]), float(self.low[i, j]), float(self.high[i, j]))
 
     def to_dict(self) -> dict[str, Any]:
-        """{"n_clips": n, "mean": {"1-mae": v, "1-mae_ci": [lo, hi], ...}, "<trait>": {...}}; NaN as None."""
+        """{"n_clips": n, "mean": {"1-mae": v, "1-mae_lo": lo, "1-mae_hi": hi, ...}, "<trait>": {...}}.
+
+        Bounds are scalars, not lists, because `dvc metrics show` drops lists; NaN becomes None.
+        """
         out: dict[str, Any] = {"n_clips": self.n}
         for column in (MEAN, *[c for c in self.columns if c != MEAN]):
             entry: dict[str, Any] = {}
             for metric in self.metrics:
                 est = self.get(column, metric)
                 entry[metric] = _finite(est.value)
-                entry[f"{metric}_ci"] = [_finite(est.low), _finite(est.high)]
+                entry[f"{metric}_lo"] = _finite(est.low)
+                entry[f"{metric}_hi"] = _finite(est.high)
             out[column] = entry
         return out
 

@@ -1,0 +1,514 @@
+"""align-faces: find the one person of each clip with MTCNN and warp their face onto a fixed template.
+
+MTCNN runs on downscaled frames, in batches, on every k-th frame only; the main face is followed
+as one track across the clip, its five landmarks are interpolated and smoothed over time, and a
+similarity transform maps them onto a canonical 5-point template so every crop lines up.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Protocol
+
+import cv2
+import numpy as np
+from scipy.ndimage import uniform_filter1d
+from scipy.optimize import linear_sum_assignment
+from skimage.transform import SimilarityTransform
+
+from stages.common import (
+    Clip,
+    ClipResult,
+    SkipClip,
+    file_digest,
+    load_params,
+    output_key,
+    prune_outputs,
+    read_clips,
+    remove_partials,
+    resolve_workers,
+    run_clips,
+    save_npz,
+    setup_logging,
+    stored_key,
+    summarize,
+    write_json,
+)
+from stages.extract_frames import load_frames
+
+FRAMES_DIR = Path("data/frames")
+FACES_DIR = Path("data/faces")
+REPORT_PATH = Path("reports/data/faces.json")
+
+# The standard ArcFace 112x112 five-point template: left eye, right eye, nose, mouth left, mouth right.
+ARCFACE_112 = np.array(
+    [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]],
+    dtype=np.float64,
+)
+
+log = logging.getLogger(__name__)
+
+
+class FaceDetector(Protocol):
+    """What align-faces needs of a detector: mtcnn's MTCNN.detect_faces on a list of images."""
+
+    def detect_faces(self, image: Any, **kwargs: Any) -> Any: ...
+
+
+@dataclass(frozen=True)
+class AlignConfig:
+    """The knobs of the `faces` params section that shape one clip's alignment."""
+
+    size: int = 112
+    margin: float = 0.25
+    detect_side: int = 320
+    detect_every: int = 3
+    smooth_window: int = 1
+    batch_size: int = 8
+    min_face_size: int = 20
+    threshold_pnet: float = 0.6
+    threshold_rnet: float = 0.7
+    threshold_onet: float = 0.8
+    track_distance: float = 1.0
+    refine_motion: float = 0.1
+    min_valid_ratio: float = 0.5
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> AlignConfig:
+        """Take the fields this class knows from the `faces` section, ignoring the rest (workers...)."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in params.items() if k in names})
+
+
+@dataclass
+class Detections:
+    """Every face MTCNN found on the frames it ran on, in the input frames' pixels."""
+
+    frame_index: np.ndarray  # int [D]: which frames were run through the detector
+    boxes: list[np.ndarray]  # per detected frame: float [n, 4] x0, y0, x1, y1
+    landmarks: list[np.ndarray]  # per detected frame: float [n, 5, 2]
+    scores: list[np.ndarray]  # per detected frame: float [n]
+
+
+@dataclass
+class FaceTrack:
+    """The aligned main face of a clip, one entry per input frame."""
+
+    faces: np.ndarray  # uint8 [T, S, S, 3] RGB
+    valid: np.ndarray  # bool [T]: the face was seen (or interpolated between sightings) here
+    boxes: np.ndarray  # float32 [T, 4] x0, y0, x1, y1
+    landmarks: np.ndarray  # float32 [T, 5, 2]
+    confidence: np.ndarray  # float32 [T]; 0 where invalid
+
+    @property
+    def valid_ratio(self) -> float:
+        return float(self.valid.mean()) if len(self.valid) else 0.0
+
+
+# ---------------------------------------------------------------- the detector
+
+
+def make_detector(device: str = "CPU:0", threads: int = 0) -> FaceDetector:
+    """An MTCNN with landmarks on `device`; `threads` > 0 caps TensorFlow's CPU threads (set once per process)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+    from mtcnn import MTCNN
+
+    if threads > 0:
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+            tf.config.threading.set_inter_op_parallelism_threads(1)
+        except RuntimeError:  # TF already initialized in this process: keep its pools
+            pass
+    return MTCNN(stages="face_and_landmarks_detection", device=device)
+
+
+# ---------------------------------------------------------------- pure functions on one clip
+
+
+def template(size: int, margin: float) -> np.ndarray:
+    """The five canonical landmark positions [5, 2] in a size x size crop, shrunk by `margin` toward its centre."""
+    centre = 112.0 / 2
+    points = centre + (ARCFACE_112 - centre) * (1.0 - margin)
+    return (points * size / 112.0).astype(np.float32)
+
+
+def as_rgb(frames: np.ndarray) -> np.ndarray:
+    """Frames as uint8 [T, H, W, 3]: grayscale ([T, H, W] or one channel) is repeated, alpha dropped."""
+    frames = np.asarray(frames)
+    if frames.ndim == 3:
+        frames = frames[..., None]
+    if frames.ndim != 4:
+        raise SkipClip(f"frames have shape {frames.shape}, expected [T, H, W, 3]")
+    if frames.shape[-1] == 1:
+        frames = np.repeat(frames, 3, axis=-1)
+    return np.ascontiguousarray(frames[..., :3], dtype=np.uint8)
+
+
+def detection_indices(length: int, every: int) -> np.ndarray:
+    """Every k-th frame plus the last one, so interpolation covers the whole clip."""
+    return np.unique(np.r_[np.arange(0, length, max(1, every)), length - 1]).astype(np.int64)
+
+
+def detect_frames(
+    frames: np.ndarray, index: np.ndarray, detector: FaceDetector, cfg: AlignConfig
+) -> Detections:
+    """Run MTCNN on the frames at `index`, downscaled to `detect_side`, `batch_size` frames at a time."""
+    height, width = frames.shape[1:3]
+    scale = cfg.detect_side / max(height, width)
+    dsize = (max(1, round(width * scale)), max(1, round(height * scale)))
+    sx, sy = width / dsize[0], height / dsize[1]
+    interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    result = Detections(np.asarray(index, np.int64), [], [], [])
+    for start in range(0, len(index), cfg.batch_size):
+        chunk = index[start : start + cfg.batch_size]
+        images = [cv2.resize(frames[i], dsize, interpolation=interpolation) for i in chunk]
+        rows = detector.detect_faces(
+            images,
+            output_type="numpy",
+            box_format="xyxy",
+            batch_stack_justification="topleft",
+            min_face_size=cfg.min_face_size,
+            threshold_pnet=cfg.threshold_pnet,
+            threshold_rnet=cfg.threshold_rnet,
+            threshold_onet=cfg.threshold_onet,
+        )
+        # Rows: image, x0, y0, x1, y1, score, five landmark x, five landmark y (detection-image pixels).
+        rows = np.asarray(rows, dtype=np.float64).reshape(-1, 16)
+        for j in range(len(chunk)):
+            mine = rows[rows[:, 0] == j]
+            xs = np.concatenate([mine[:, [1, 3]], mine[:, 6:11]], axis=1)
+            ys = np.concatenate([mine[:, [2, 4]], mine[:, 11:16]], axis=1)
+            # cv2.resize aligns pixel centres, so map through them back to the input frame.
+            xs, ys = (xs + 0.5) * sx - 0.5, (ys + 0.5) * sy - 0.5
+            result.boxes.append(np.stack([xs[:, 0], ys[:, 0], xs[:, 1], ys[:, 1]], axis=1))
+            result.landmarks.append(np.stack([xs[:, 2:], ys[:, 2:]], axis=-1))
+            result.scores.append(mine[:, 5].copy())
+    return result
+
+
+def merge_detections(a: Detections, b: Detections) -> Detections:
+    """The detections of both runs, ordered by frame."""
+    order = np.argsort(np.r_[a.frame_index, b.frame_index], kind="stable")
+    pick = [(a, i) for i in range(len(a.frame_index))] + [(b, i) for i in range(len(b.frame_index))]
+    pick = [pick[k] for k in order]
+    return Detections(
+        np.array([d.frame_index[i] for d, i in pick], np.int64),
+        [d.boxes[i] for d, i in pick],
+        [d.landmarks[i] for d, i in pick],
+        [d.scores[i] for d, i in pick],
+    )
+
+
+def refine_indices(det: Detections, chosen: np.ndarray, motion: float) -> np.ndarray:
+    """Skipped frames worth detecting too: those between two sightings of the main face whose landmarks
+    moved more than `motion` face sides (interpolation would lag), and those where the face comes or goes."""
+    extra = []
+    for d in range(len(chosen) - 1):
+        a, b = det.frame_index[d], det.frame_index[d + 1]
+        if b - a < 2 or (chosen[d] < 0 and chosen[d + 1] < 0):
+            continue
+        if chosen[d] >= 0 and chosen[d + 1] >= 0:
+            box = det.boxes[d][chosen[d]]
+            side = np.sqrt(max(np.prod(box[2:] - box[:2]), 1e-6))
+            shift = np.abs(det.landmarks[d + 1][chosen[d + 1]] - det.landmarks[d][chosen[d]]).max()
+            if shift <= motion * side:
+                continue
+        extra.extend(range(a + 1, b))
+    return np.asarray(extra, np.int64)
+
+
+def detect_clip(frames: np.ndarray, detector: FaceDetector, cfg: AlignConfig) -> Detections:
+    """Detect on every `detect_every`-th frame, then on the skipped frames where the main face moves fast
+    or comes and goes (see refine_indices)."""
+    height, width = frames.shape[1:3]
+    det = detect_frames(frames, detection_indices(len(frames), cfg.detect_every), detector, cfg)
+    if cfg.refine_motion > 0:
+        chosen = track_main_face(det, (width, height), cfg.track_distance)
+        extra = refine_indices(det, chosen, cfg.refine_motion)
+        if len(extra):
+            det = merge_detections(det, detect_frames(frames, extra, detector, cfg))
+    return det
+
+
+def box_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Centre distance from every box in a [N, 4] to every box in b [M, 4], in units of the side of a's box."""
+    side = np.sqrt(np.prod(np.clip(a[:, 2:] - a[:, :2], 1e-6, None), axis=-1))
+    centre_a = (a[:, :2] + a[:, 2:]) / 2
+    centre_b = (b[:, :2] + b[:, 2:]) / 2
+    return np.linalg.norm(centre_a[:, None] - centre_b[None], axis=-1) / side[:, None]
+
+
+def face_weight(boxes: np.ndarray, frame_size: tuple[int, int]) -> np.ndarray:
+    """How much a face counts as the main one: its area share of the frame times its centrality in [0, 1]."""
+    width, height = frame_size
+    area = np.prod(np.clip(boxes[:, 2:] - boxes[:, :2], 0, None), axis=-1) / (width * height)
+    centre = (boxes[:, :2] + boxes[:, 2:]) / 2
+    offset = np.hypot(centre[:, 0] - width / 2, centre[:, 1] - height / 2)
+    return area * np.clip(1.0 - offset / (0.5 * np.hypot(width, height)), 0.0, 1.0)
+
+
+def track_main_face(det: Detections, frame_size: tuple[int, int], max_distance: float) -> np.ndarray:
+    """Link detections into tracks and return, per detected frame, the index of the main track's
+    face there (-1 where it was not seen).
+
+    A detection continues a track when its centre lies within `max_distance` face sides of the
+    track's last box (closest pairs first). The main track has the largest sum of face weights
+    (area x centrality) over the clip, so the person who is big, central and present throughout
+    wins, and no frame jumps to someone else.
+    """
+    members: list[dict[int, int]] = []  # per track: detected frame -> face index
+    last: list[np.ndarray] = []
+    for d, boxes in enumerate(det.boxes):
+        taken = np.zeros(len(boxes), bool)
+        if members and len(boxes):
+            distance = box_distance(np.stack(last), boxes)
+            for t, j in zip(*linear_sum_assignment(distance), strict=True):
+                if distance[t, j] <= max_distance:
+                    members[t][d] = int(j)
+                    last[t] = boxes[j]
+                    taken[j] = True
+        for j in np.flatnonzero(~taken):
+            members.append({d: int(j)})
+            last.append(boxes[j])
+    chosen = np.full(len(det.boxes), -1, np.int64)
+    if not members:
+        return chosen
+    weights = [sum(face_weight(det.boxes[d][[j]], frame_size)[0] for d, j in m.items()) for m in members]
+    for d, j in members[int(np.argmax(weights))].items():
+        chosen[d] = j
+    return chosen
+
+
+def interpolate_track(
+    index: np.ndarray, values: np.ndarray, present: np.ndarray, length: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Linearly interpolate per-detection values [D, ...] to every frame [length, ...].
+
+    A frame is valid where it was detected with the face present, or lies between two detected
+    frames that both saw it; elsewhere the values are the nearest sighting's (to be refilled).
+    """
+    out = np.zeros((length, *values.shape[1:]), np.float64)
+    valid = np.zeros(length, bool)
+    if not present.any():
+        return out, valid
+    known, flat = index[present], values[present].reshape(int(present.sum()), -1)
+    frames = np.arange(length)
+    out = np.stack([np.interp(frames, known, col) for col in flat.T], axis=1).reshape(out.shape)
+    slot = np.searchsorted(index, frames)  # first detected frame at or after each frame
+    after = present[np.clip(slot, 0, len(index) - 1)]
+    before = present[np.clip(slot - 1, 0, len(index) - 1)]
+    on_detected = index[np.clip(slot, 0, len(index) - 1)] == frames
+    valid = np.where(on_detected, after, after & before & (slot > 0) & (slot < len(index)))
+    return out, valid
+
+
+def smooth_track(values: np.ndarray, valid: np.ndarray, window: int) -> np.ndarray:
+    """Moving average over time within each run of valid frames (window 1 leaves values as they are)."""
+    out = np.array(values, dtype=np.float64, copy=True)
+    if window <= 1:
+        return out
+    edges = np.flatnonzero(np.diff(np.r_[0, valid.astype(np.int8), 0]))
+    for start, stop in zip(edges[::2], edges[1::2], strict=True):
+        out[start:stop] = uniform_filter1d(out[start:stop], size=window, axis=0, mode="nearest")
+    return out
+
+
+def nearest_valid(valid: np.ndarray) -> np.ndarray:
+    """For each frame, the index of the nearest valid frame (the earlier one on a tie)."""
+    good = np.flatnonzero(valid)
+    frames = np.arange(len(valid))
+    slot = np.searchsorted(good, frames)
+    left = good[np.clip(slot - 1, 0, len(good) - 1)]
+    right = good[np.clip(slot, 0, len(good) - 1)]
+    return np.where(np.abs(frames - left) <= np.abs(right - frames), left, right)
+
+
+def similarity_matrix(landmarks: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """The least-squares similarity [2, 3] that maps the five landmarks onto the template."""
+    transform = SimilarityTransform.from_estimate(landmarks.astype(np.float64), target.astype(np.float64))
+    if not transform:
+        raise ValueError(f"no similarity transform for landmarks {landmarks.tolist()}")
+    return transform.params[:2]
+
+
+def warp_face(frame: np.ndarray, matrix: np.ndarray, size: int) -> np.ndarray:
+    """Warp one frame by `matrix` into a size x size crop, area-downscaling first to avoid aliasing."""
+    scale = float(np.sqrt(abs(np.linalg.det(matrix[:, :2]))))
+    if scale < 0.9:
+        height, width = frame.shape[:2]
+        dsize = (max(1, round(width * scale)), max(1, round(height * scale)))
+        frame = cv2.resize(frame, dsize, interpolation=cv2.INTER_AREA)
+        # The small frame's pixel centres map back onto the source before the original transform.
+        sx, sy = width / dsize[0], height / dsize[1]
+        back = np.array([[sx, 0, 0.5 * sx - 0.5], [0, sy, 0.5 * sy - 0.5], [0, 0, 1]])
+        matrix = matrix @ back
+    return cv2.warpAffine(
+        frame, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+    )
+
+
+def check_coverage(valid: np.ndarray, min_ratio: float) -> None:
+    """Raise SkipClip when the face was seen in too few frames to use the clip."""
+    if not valid.any():
+        raise SkipClip("no face")
+    ratio = float(valid.mean())
+    if ratio < min_ratio:
+        raise SkipClip(f"face in {ratio:.0%} of frames < {min_ratio:.0%}")
+
+
+def align_clip(frames: np.ndarray, detector: FaceDetector, cfg: AlignConfig) -> FaceTrack:
+    """Detect, track, interpolate, smooth and align the main face of one clip of RGB frames [T, H, W, 3].
+
+    Boxes and landmarks come back in the input frames' pixels. Raises SkipClip when the face is
+    missing from more than 1 - `min_valid_ratio` of the frames.
+    """
+    frames = as_rgb(frames)
+    if len(frames) == 0:
+        raise SkipClip("no frames")
+    length, height, width = frames.shape[:3]
+    det = detect_clip(frames, detector, cfg)
+    chosen = track_main_face(det, (width, height), cfg.track_distance)
+    present = chosen >= 0
+    pick = np.zeros((len(chosen), 5 * 2 + 4 + 1))  # landmarks, box, score of the main face per detection
+    for d in np.flatnonzero(present):
+        j = chosen[d]
+        pick[d] = np.r_[det.landmarks[d][j].ravel(), det.boxes[d][j], det.scores[d][j]]
+    values, valid = interpolate_track(det.frame_index, pick, present, length)
+    check_coverage(valid, cfg.min_valid_ratio)
+    values = smooth_track(values, valid, cfg.smooth_window)
+    source = nearest_valid(valid)
+    landmarks = values[source, :10].reshape(length, 5, 2)
+    target = template(cfg.size, cfg.margin)
+    faces = np.empty((length, cfg.size, cfg.size, 3), np.uint8)
+    for t in range(length):
+        faces[t] = warp_face(frames[source[t]], similarity_matrix(landmarks[t], target), cfg.size)
+    return FaceTrack(
+        faces=faces,
+        valid=valid,
+        boxes=values[source, 10:14].astype(np.float32),
+        landmarks=landmarks.astype(np.float32),
+        confidence=np.where(valid, values[:, 14], 0.0).astype(np.float32),
+    )
+
+
+# ---------------------------------------------------------------- the stage
+
+# Params that change what an output holds; paths, workers, device, batching and min_valid_ratio do not.
+KEY_PARAMS = tuple(f.name for f in fields(AlignConfig) if f.name not in ("batch_size", "min_valid_ratio"))
+
+_STATE: dict[str, Any] = {}
+
+
+def init_worker(params: dict[str, Any], threads: int) -> None:
+    """Pool initializer: one detector per worker process, built once."""
+    _STATE["params"] = params
+    _STATE["cfg"] = AlignConfig.from_params(params)
+    _STATE["detector"] = make_detector(params.get("device", "CPU:0"), threads)
+
+
+def clip_stats(valid: np.ndarray, confidence: np.ndarray) -> dict[str, Any]:
+    """Frames, valid frames and detector confidence over the valid frames of one clip."""
+    conf = confidence[valid]
+    return {
+        "frames": len(valid),
+        "valid": int(valid.sum()),
+        "confidence_mean": float(conf.mean()) if len(conf) else 0.0,
+        "confidence_min": float(conf.min()) if len(conf) else 0.0,
+    }
+
+
+def to_source_pixels(
+    points: np.ndarray, frame_size: tuple[int, int], source_size: tuple[int, int]
+) -> np.ndarray:
+    """Scale (..., 2) points from stored-frame pixels to source-video pixels (pixel centres aligned)."""
+    scale = np.asarray(source_size, np.float64) / np.asarray(frame_size, np.float64)
+    return ((points + 0.5) * scale - 0.5).astype(np.float32)
+
+
+def process_clip(clip: Clip) -> ClipResult:
+    """align-faces for one clip: frames npz in, faces npz out (resumes on a matching key)."""
+    params, cfg = _STATE["params"], _STATE["cfg"]
+    src, dst = clip.path(params["frames_dir"]), clip.path(params["out_dir"])
+    if not src.exists():
+        dst.unlink(missing_ok=True)
+        raise SkipClip("no frames (left out by extract-frames)")
+    key = output_key({k: params[k] for k in KEY_PARAMS}, src)
+    if stored_key(dst) == key:
+        with np.load(dst) as z:
+            valid, confidence = z["valid"], z["confidence"]
+        try:
+            check_coverage(valid, cfg.min_valid_ratio)
+        except SkipClip:
+            dst.unlink()
+            raise
+        stats = clip_stats(valid, confidence)
+        return ClipResult(clip.name, clip.split, "cached", stats=stats, digest=file_digest(dst))
+    dst.unlink(missing_ok=True)
+    start = time.perf_counter()
+    frames = load_frames(src)
+    track = align_clip(frames.frames, _STATE["detector"], cfg)
+    # Boxes and landmarks are stored in the source video's pixels, whatever size the frames were kept at.
+    frame_size = (frames.frames.shape[2], frames.frames.shape[1])
+    save_npz(
+        dst,
+        faces=track.faces,
+        valid=track.valid,
+        boxes=to_source_pixels(track.boxes.reshape(-1, 2, 2), frame_size, frames.source_size).reshape(-1, 4),
+        landmarks=to_source_pixels(track.landmarks, frame_size, frames.source_size),
+        confidence=track.confidence,
+        timestamps=np.asarray(frames.timestamps, np.float64),
+        key=np.str_(key),
+    )
+    stats = clip_stats(track.valid, track.confidence)
+    stats["seconds"] = round(time.perf_counter() - start, 3)
+    return ClipResult(clip.name, clip.split, "done", stats=stats, digest=file_digest(dst))
+
+
+def detection_report(results: list[ClipResult]) -> dict[str, Any]:
+    """Per split: clips aligned, frames, frames with the face, the detection rate, confidence statistics."""
+    report: dict[str, Any] = {}
+    for split in sorted({r.split for r in results}):
+        ok = [r.stats for r in results if r.split == split and r.status != "skipped"]
+        frames = sum(s["frames"] for s in ok)
+        valid = sum(s["valid"] for s in ok)
+        means = np.array([s["confidence_mean"] for s in ok], np.float64)
+        report[split] = {
+            "clips": len(ok),
+            "frames": frames,
+            "valid_frames": valid,
+            "detection_rate": valid / frames if frames else 0.0,
+            "confidence_mean": float(means.mean()) if len(means) else 0.0,
+            "confidence_p05": float(np.percentile(means, 5)) if len(means) else 0.0,
+            "confidence_min": min((s["confidence_min"] for s in ok), default=0.0),
+        }
+    return report
+
+
+def main() -> None:
+    params = load_params("faces")
+    logger = setup_logging("align_faces")
+    out_dir = Path(params["out_dir"])
+    removed = remove_partials(out_dir) if out_dir.exists() else 0
+    clips = read_clips(params["labels"])
+    pruned = prune_outputs(out_dir, [c.path(out_dir) for c in clips]) if out_dir.exists() else 0
+    workers = resolve_workers(params["workers"])
+    threads = max(1, resolve_workers(0) // workers)
+    logger.info(
+        "%d clips, %d workers; removed %d partial and %d stale outputs", len(clips), workers, removed, pruned
+    )
+    start = time.perf_counter()
+    results = run_clips(process_clip, clips, workers, "align-faces", init_worker, (params, threads))
+    report = summarize(results)
+    report["detection"] = detection_report(results)
+    report["seconds"] = round(time.perf_counter() - start, 2)
+    write_json(params["report"], report)
+    logger.info("faces: %d ok, %d skipped (report %s)", report["ok"], report["skipped"], params["report"])
+
+
+if __name__ == "__main__":
+    main()

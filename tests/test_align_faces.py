@@ -1,0 +1,277 @@
+"""align-faces: template, interpolation and tracking on tiny inputs; MTCNN on real and generated clips."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from skimage import data
+
+from stages import align_faces as af
+from stages.common import SkipClip, load_params
+from stages.extract_frames import Frames, sample_frames, save_frames
+from tests.fixtures import face_frames, gradient_frames, head_image
+
+CFG = af.AlignConfig.from_params(load_params("faces", Path(__file__).resolve().parents[1] / "params.yaml"))
+
+
+@pytest.fixture(scope="module")
+def detector() -> af.FaceDetector:
+    return af.make_detector()
+
+
+def eye_errors(faces: np.ndarray, detector: af.FaceDetector, cfg: af.AlignConfig) -> np.ndarray:
+    """Re-detect the landmarks on aligned crops (upscaled 2x for MTCNN) and return, per crop, the larger
+    distance in crop pixels between a detected eye and the template's eye; NaN where nothing was found."""
+    up = [cv2.resize(f, None, fx=2, fy=2, interpolation=cv2.INTER_LINEAR) for f in faces]
+    det = af.detect_frames(np.stack(up), np.arange(len(up)), detector, replace(cfg, detect_side=2 * cfg.size))
+    target = af.template(cfg.size, cfg.margin)
+    errors = np.full(len(faces), np.nan)
+    for i, (landmarks, scores) in enumerate(zip(det.landmarks, det.scores, strict=True)):
+        if len(scores):
+            eyes = (landmarks[np.argmax(scores), :2] + 0.5) / 2 - 0.5
+            errors[i] = np.linalg.norm(eyes - target[:2], axis=1).max()
+    return errors
+
+
+# ---------------------------------------------------------------- pure geometry and bookkeeping
+
+
+def test_template_is_the_arcface_layout_shrunk_toward_the_centre() -> None:
+    plain = af.template(112, 0.0)
+    np.testing.assert_allclose(plain, af.ARCFACE_112, atol=1e-4)
+    shrunk = af.template(112, 0.25)
+    np.testing.assert_allclose(shrunk - 56, 0.75 * (plain - 56), atol=1e-4)
+    np.testing.assert_allclose(af.template(224, 0.25), 2 * shrunk, atol=1e-4)
+    left_eye, right_eye, nose, mouth_left, mouth_right = shrunk
+    assert left_eye[0] < nose[0] < right_eye[0]
+    assert left_eye[1] < nose[1] < mouth_left[1] and mouth_left[0] < mouth_right[0]
+
+
+def test_interpolation_fills_only_gaps_between_two_sightings() -> None:
+    index = np.array([0, 3, 6, 9])
+    present = np.array([True, True, False, True])
+    values = np.array([[0.0, 10.0], [3.0, 40.0], [99.0, 99.0], [9.0, 0.0]])
+    out, valid = af.interpolate_track(index, values, present, 10)
+    np.testing.assert_array_equal(valid, [1, 1, 1, 1, 0, 0, 0, 0, 0, 1])
+    np.testing.assert_allclose(out[:4, 0], [0, 1, 2, 3])
+    np.testing.assert_allclose(out[:4, 1], [10, 20, 30, 40])
+    np.testing.assert_allclose(out[9], [9, 0])
+    assert not np.any(out == 99.0), "an absent detection's values must never be used"
+
+
+def test_interpolation_without_any_sighting_is_all_invalid() -> None:
+    _, valid = af.interpolate_track(np.array([0, 2]), np.zeros((2, 3)), np.zeros(2, bool), 3)
+    assert not valid.any()
+
+
+def test_nearest_valid_prefers_the_earlier_frame_on_a_tie() -> None:
+    valid = np.array([0, 1, 0, 1, 0, 0, 0, 1], bool)
+    np.testing.assert_array_equal(af.nearest_valid(valid), [1, 1, 1, 3, 3, 3, 7, 7])
+
+
+def test_smoothing_stays_inside_runs_of_valid_frames() -> None:
+    values = np.array([0.0, 0.0, 0.0, 9.0, 100.0, 100.0, 130.0])
+    valid = np.array([1, 1, 1, 1, 0, 1, 1], bool)
+    out = af.smooth_track(values, valid, 3)
+    np.testing.assert_allclose(out[:4], [0, 0, 3, 6])
+    np.testing.assert_allclose(out[5:], [110, 120])
+    np.testing.assert_array_equal(af.smooth_track(values, valid, 1), values)
+
+
+def test_tracking_keeps_the_main_face_when_another_comes_and_goes() -> None:
+    main = np.array([100.0, 60.0, 220.0, 200.0])  # large and central in a 320 x 240 frame
+    side = np.array([250.0, 20.0, 300.0, 80.0])
+    boxes, index = [], []
+    for d in range(8):
+        step = main + np.array([2 * d, d, 2 * d, d])
+        if d in (3, 4):  # the main face is hidden while the other one shows
+            frame = [side]
+        elif d % 2:
+            frame = [side, step]  # listed first, so taking index 0 would be wrong
+        else:
+            frame = [step]
+        boxes.append(np.array(frame))
+        index.append(d)
+    det = af.Detections(
+        np.array(index), boxes, [np.zeros((len(b), 5, 2)) for b in boxes], [np.ones(len(b)) for b in boxes]
+    )
+    chosen = af.track_main_face(det, (320, 240), CFG.track_distance)
+    np.testing.assert_array_equal(chosen, [0, 1, 0, -1, -1, 1, 0, 1])
+
+
+def test_refinement_asks_for_frames_where_the_face_moves_or_appears() -> None:
+    box = np.array([[0.0, 0.0, 100.0, 100.0]])
+    still = np.zeros((1, 5, 2))
+    moved = still + 30.0  # 0.3 face sides
+    det = af.Detections(
+        np.array([0, 3, 6, 9, 12]),
+        [box] * 5,
+        [still, still, moved, moved, moved],
+        [np.ones(1)] * 5,
+    )
+    chosen = np.array([0, 0, 0, 0, -1])
+    np.testing.assert_array_equal(af.refine_indices(det, chosen, 0.1), [4, 5, 10, 11])
+    assert len(af.refine_indices(det, np.full(5, -1), 0.1)) == 0
+
+
+def test_coverage_reasons() -> None:
+    with pytest.raises(SkipClip, match=r"^no face$"):
+        af.check_coverage(np.zeros(10, bool), 0.5)
+    with pytest.raises(SkipClip, match=r"face in 30% of frames < 50%"):
+        af.check_coverage(np.arange(10) < 3, 0.5)
+    af.check_coverage(np.arange(10) < 5, 0.5)
+
+
+# ---------------------------------------------------------------- with MTCNN
+
+
+@pytest.mark.shared_data
+def test_real_clip_is_aligned_onto_the_template(real_clip: Path, detector: af.FaceDetector) -> None:
+    frames = sample_frames(real_clip, 5, 640).frames
+    assert abs(len(frames) - 77) <= 2
+    track = af.align_clip(frames, detector, CFG)
+    assert track.faces.shape == (len(frames), CFG.size, CFG.size, 3) and track.faces.dtype == np.uint8
+    assert track.valid.mean() >= 0.95
+    assert track.confidence[track.valid].min() > CFG.threshold_onet
+    target = af.template(CFG.size, CFG.margin)
+    # The similarity fit itself: the tracked eyes land on the template's eyes (a turned head bends the
+    # five-point layout, so a few frames fit less well).
+    residual = []
+    for landmarks in track.landmarks:
+        matrix = af.similarity_matrix(landmarks, target)
+        eyes = landmarks[:2] @ matrix[:, :2].T + matrix[:, 2]
+        residual.append(np.linalg.norm(eyes - target[:2], axis=1).max())
+    assert np.mean(np.array(residual) < 3.0) >= 0.95 and max(residual) < 5.0
+    # The honest check: MTCNN finds the eyes of the aligned crops where the template puts them.
+    errors = eye_errors(track.faces[::3], detector, CFG)
+    assert not np.isnan(errors).any()
+    assert np.median(errors) < 2.0
+    assert np.mean(errors < 3.0) >= 0.8
+    assert errors.max() < 8.0
+    # Landmarks are in the input frames' pixels, inside the face's box.
+    inside = (track.landmarks >= track.boxes[:, None, :2] - 2) & (
+        track.landmarks <= track.boxes[:, None, 2:] + 2
+    )
+    assert inside.all()
+
+
+@pytest.mark.shared_data
+def test_small_carphone_clip(carphone_clip: Path, detector: af.FaceDetector) -> None:
+    frames = sample_frames(carphone_clip, 5, 640).frames
+    assert frames.shape[1:3] == (144, 176)
+    track = af.align_clip(frames, detector, CFG)
+    assert track.valid.mean() >= 0.95
+    errors = eye_errors(track.faces, detector, CFG)
+    assert not np.isnan(errors).any()
+    assert np.median(errors) < 2.5 and np.mean(errors < 3.0) >= 0.7
+
+
+def two_face_frames(n: int, hide_main: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """A large swaying head in the middle and a small LFW face at the side on every other frame; the
+    main head is hidden on `hide_main`. Returns the frames and the main head's centre per frame."""
+    head = cv2.resize(head_image(), (176, 192), interpolation=cv2.INTER_AREA)
+    small = cv2.resize((data.lfw_subset()[0] * 255).astype(np.uint8), (44, 44), interpolation=cv2.INTER_CUBIC)
+    frames = np.full((n, 240, 320, 3), 110, np.uint8)
+    centres = np.zeros((n, 2))
+    for i in range(n):
+        x0, y0 = 70 + 3 * i, 24 + (i % 3)
+        if i not in hide_main:
+            frames[i, y0 : y0 + 192, x0 : x0 + 176] = head
+        centres[i] = (x0 + 88, y0 + 96)
+        if i % 2 == 0 or i in hide_main:
+            frames[i, 20:64, 262:306] = small[..., None]
+    return frames, centres
+
+
+def test_track_never_switches_person(detector: af.FaceDetector) -> None:
+    frames, centres = two_face_frames(14, hide_main=(6, 7))
+    cfg = replace(CFG, detect_every=2, smooth_window=1)
+    det = af.detect_clip(frames, detector, cfg)
+    assert max(len(b) for b in det.boxes) == 2, "both faces must be detected for the test to mean anything"
+    track = af.align_clip(frames, detector, cfg)
+    np.testing.assert_array_equal(np.flatnonzero(~track.valid), [6, 7])
+    box_centres = (track.boxes[:, :2] + track.boxes[:, 2:]) / 2
+    # Hidden frames take the nearest frame's main face, never the small face at (284, 42).
+    reference = centres[af.nearest_valid(track.valid)]
+    assert np.abs(box_centres - reference).max() < 30
+    assert (box_centres[:, 0] < 250).all()
+    np.testing.assert_array_equal(track.faces[6], track.faces[5])
+    np.testing.assert_array_equal(track.faces[7], track.faces[8])
+
+
+def test_no_face_clip_is_skipped_with_its_reason(detector: af.FaceDetector) -> None:
+    with pytest.raises(SkipClip, match=r"^no face$"):
+        af.align_clip(gradient_frames(6, (320, 240)), detector, CFG)
+
+
+def test_rare_face_clip_is_skipped_with_its_ratio(detector: af.FaceDetector) -> None:
+    frames = gradient_frames(10, (320, 240))
+    frames[:3] = face_frames(3, (320, 240))
+    with pytest.raises(SkipClip, match=r"face in 30% of frames < 50%"):
+        af.align_clip(frames, detector, replace(CFG, detect_every=1))
+
+
+def test_grayscale_frames_are_aligned(detector: af.FaceDetector) -> None:
+    gray = face_frames(4, (240, 320))[..., 1]  # portrait, one channel
+    track = af.align_clip(gray, detector, CFG)
+    assert track.valid.all() and track.faces.shape == (4, CFG.size, CFG.size, 3)
+
+
+def test_skipped_frames_are_interpolated_between_detections(detector: af.FaceDetector) -> None:
+    frames = face_frames(7, (320, 240), fps=25.0)
+    every = replace(CFG, detect_every=1, refine_motion=0.0, smooth_window=1)
+    sparse = replace(every, detect_every=3)
+    full = af.align_clip(frames, detector, every)
+    interpolated = af.align_clip(frames, detector, sparse)
+    np.testing.assert_allclose(interpolated.landmarks[[0, 3, 6]], full.landmarks[[0, 3, 6]], atol=1e-3)
+    np.testing.assert_allclose(
+        interpolated.landmarks[1], (2 * full.landmarks[0] + full.landmarks[3]) / 3, atol=1e-3
+    )
+    face_side = np.sqrt(np.prod(full.boxes[:, 2:] - full.boxes[:, :2], axis=1)).mean()
+    assert np.abs(interpolated.landmarks - full.landmarks).max() < 0.05 * face_side
+
+
+# ---------------------------------------------------------------- the stage
+
+
+def test_main_writes_resumes_and_reports(tmp_path: Path, detector: af.FaceDetector, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    params = {"faces": {**load_params("faces", Path(af.__file__).parents[1] / "params.yaml"), "workers": 1}}
+    Path("params.yaml").write_text(yaml.safe_dump(params))
+    os.makedirs("data/raw")
+    pd.DataFrame({"clip": ["face_clip", "gradient", "missing"], "split": ["train", "val", "val"]}).to_csv(
+        "data/raw/labels.csv", index=False
+    )
+    for name, split, images in [
+        ("face_clip", "train", face_frames(5, (320, 240))),
+        ("gradient", "val", gradient_frames(5, (320, 240))),
+    ]:
+        frames = Frames(images, np.arange(5) / 5.0, 25.0, (640, 480))
+        save_frames(f"data/frames/{split}/{name}.npz", frames, "webp", 90, key="k")
+    af.main()
+    out = Path("data/faces/train/face_clip.npz")
+    with np.load(out) as z:
+        assert z["faces"].shape == (5, CFG.size, CFG.size, 3)
+        assert z["valid"].all() and z["key"].dtype.kind == "U"
+        np.testing.assert_allclose(z["timestamps"], np.arange(5) / 5.0)
+        # Stored in the 640 x 480 source's pixels: twice the 320 x 240 frames'.
+        assert z["boxes"][:, 2].max() > 320 * 0.6 and z["landmarks"].shape == (5, 5, 2)
+    assert not Path("data/faces/val/gradient.npz").exists()
+    report = json.loads(Path("reports/data/faces.json").read_text())
+    reasons = {c["clip"]: c["reason"] for c in report["skipped_clips"]}
+    assert reasons["gradient"] == "no face" and "extract-frames" in reasons["missing"]
+    assert report["detection"]["train"]["detection_rate"] == 1.0
+    assert Path("reports/logs/align_faces.log").exists()
+    stamp = out.stat().st_mtime_ns
+    af.main()
+    assert out.stat().st_mtime_ns == stamp
+    report = json.loads(Path("reports/data/faces.json").read_text())
+    assert report["counts"]["train"]["cached"] == 1

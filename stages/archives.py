@@ -14,8 +14,9 @@ import subprocess
 import tempfile
 import time
 import zipfile
+import zlib
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import IO
 
@@ -172,6 +173,7 @@ class ExtractStats:
     cached: int = 0  # already present with the member's size
     ignored: int = 0  # routed nowhere
     nested: int = 0  # inner archives opened
+    failed: list[str] = field(default_factory=list)  # "<member>: <error>" skipped under keep_going
 
 
 def safe_relative(name: str) -> PurePosixPath:
@@ -218,59 +220,81 @@ def extract_nested(
     passwords: Iterable[str] = (),
     max_member_bytes: int,
     tmp_dir: str | Path | None = None,
+    keep_going: bool = False,
 ) -> ExtractStats:
     """Extract the leaf members of a zip, opening inner zips (any depth) on the way.
 
     `route(member_name)` says where each leaf goes under `target`; inner zips are unpacked to a
-    temporary file in `tmp_dir`. A leaf already present with the member's size is kept.
+    temporary file in `tmp_dir`. A leaf already present with the member's size is kept. With
+    `keep_going`, a bad inner zip or member is recorded in `failed` and the rest is extracted;
+    an error in the outer archive itself always raises.
     """
     target = Path(target)
     tmp_dir = Path(tmp_dir) if tmp_dir is not None else target
     stats = ExtractStats()
-    _extract(Path(archive), str(archive), target, route, list(passwords), max_member_bytes, tmp_dir, stats)
+    job = _Job(target, route, list(passwords), max_member_bytes, tmp_dir, keep_going, stats)
+    _extract(job, Path(archive), str(archive))
     return stats
 
 
-def _extract(
-    archive: Path,
-    label: str,
-    target: Path,
-    route: Route,
-    passwords: list[str],
-    max_bytes: int,
-    tmp_dir: Path,
-    stats: ExtractStats,
-) -> None:
+@dataclass
+class _Job:
+    target: Path
+    route: Route
+    passwords: list[str]
+    max_bytes: int
+    tmp_dir: Path
+    keep_going: bool
+    stats: ExtractStats
+
+
+_MEMBER_ERRORS = (ArchiveError, zipfile.BadZipFile, zlib.error, EOFError)
+
+
+def _extract(job: _Job, archive: Path, label: str) -> None:
     with zipfile.ZipFile(archive) as zf:
-        members = check_members(zf, max_bytes, label)
+        members = check_members(zf, job.max_bytes, label)
         routed = []
         for info in members:
             if info.filename.lower().endswith(".zip"):
                 routed.append((info, None))
                 continue
-            rel = route(info.filename)
-            routed.append((info, safe_join(target, rel) if rel is not None else None))
+            rel = job.route(info.filename)
+            routed.append((info, safe_join(job.target, rel) if rel is not None else None))
         for info, dest in routed:
             member_label = f"{label}:{info.filename}"
-            if info.filename.lower().endswith(".zip"):
-                tmp_dir.mkdir(parents=True, exist_ok=True)
-                fd, inner = tempfile.mkstemp(suffix=".zip", dir=tmp_dir)
-                os.close(fd)
-                try:
-                    with open(inner, "wb") as out:
-                        _copy_member(zf, info, passwords, out, max_bytes, member_label)
-                    stats.nested += 1
-                    _extract(Path(inner), member_label, target, route, passwords, max_bytes, tmp_dir, stats)
-                finally:
-                    Path(inner).unlink(missing_ok=True)
-            elif dest is None:
-                stats.ignored += 1
-            elif dest.exists() and dest.stat().st_size == info.file_size:
-                stats.cached += 1
-            else:
-                with atomic_path(dest) as tmp, open(tmp, "wb") as out:
-                    _copy_member(zf, info, passwords, out, max_bytes, member_label)
-                stats.written += 1
+            try:
+                _extract_member(job, zf, info, dest, member_label)
+            except _MEMBER_ERRORS as exc:
+                if not job.keep_going:
+                    raise
+                log.error("skipped %s: %s", member_label, exc)
+                job.stats.failed.append(f"{member_label}: {exc}")
+
+
+def _extract_member(
+    job: _Job, zf: zipfile.ZipFile, info: zipfile.ZipInfo, dest: Path | None, label: str
+) -> None:
+    stats = job.stats
+    if info.filename.lower().endswith(".zip"):
+        job.tmp_dir.mkdir(parents=True, exist_ok=True)
+        fd, inner = tempfile.mkstemp(suffix=".zip", dir=job.tmp_dir)
+        os.close(fd)
+        try:
+            with open(inner, "wb") as out:
+                _copy_member(zf, info, job.passwords, out, job.max_bytes, label)
+            stats.nested += 1
+            _extract(job, Path(inner), label)
+        finally:
+            Path(inner).unlink(missing_ok=True)
+    elif dest is None:
+        stats.ignored += 1
+    elif dest.exists() and dest.stat().st_size == info.file_size:
+        stats.cached += 1
+    else:
+        with atomic_path(dest) as tmp, open(tmp, "wb") as out:
+            _copy_member(zf, info, job.passwords, out, job.max_bytes, label)
+        stats.written += 1
 
 
 def _copy_member(

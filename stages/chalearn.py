@@ -10,6 +10,8 @@ import csv
 import json
 import logging
 import os
+import zipfile
+import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -17,7 +19,7 @@ from typing import Any
 import pandas as pd
 
 from stages.annotations import ANNOTATION_FILES, VIDEO_SUFFIX, annotation_frame, read_annotation
-from stages.archives import ExtractStats, download, extract_nested, verify_sha256
+from stages.archives import ArchiveError, ExtractStats, Route, download, extract_nested, verify_sha256
 from stages.common import SPLITS, write_json
 
 log = logging.getLogger(__name__)
@@ -169,9 +171,13 @@ def load_labels(
     *,
     passwords: list[str],
     max_member_bytes: int,
-) -> pd.DataFrame:
-    """Label rows of every split, from annotation pickles lying in the archives folder or zipped."""
+) -> tuple[pd.DataFrame, list[Problem]]:
+    """Label rows of every split, from annotation pickles lying in the archives folder or zipped.
+
+    An annotation archive that cannot be opened is a problem, and its split goes without labels.
+    """
     work_dir = Path(work_dir)
+    problems: list[Problem] = []
     found: dict[str, Path] = {}
     if archives_dir:
         for name in ANNOTATION_FILES:
@@ -180,14 +186,7 @@ def load_labels(
     for record in records:
         if record.origin == "missing" or not is_annotation_archive(record.archive):
             continue
-        extract_nested(
-            record.path,
-            work_dir,
-            route=lambda member: _annotation_route(member),
-            passwords=passwords,
-            max_member_bytes=max_member_bytes,
-            tmp_dir=work_dir,
-        )
+        _unpack(record, work_dir, _annotation_route, passwords, max_member_bytes, work_dir, problems)
     for name in ANNOTATION_FILES:
         if name not in found and (work_dir / name).is_file():
             found[name] = work_dir / name
@@ -199,9 +198,9 @@ def load_labels(
         frames.append(annotation_frame(read_annotation(found[name]), split))
     if not frames:
         raise FileNotFoundError(
-            "no annotation pickle found in the archives folder or the annotation archives"
+            f"no annotation pickle found in the archives folder or the annotation archives: {problems}"
         )
-    return pd.concat(frames, ignore_index=True)
+    return pd.concat(frames, ignore_index=True), problems
 
 
 def _annotation_route(member: str) -> str | None:
@@ -240,19 +239,41 @@ def extract_videos(
                 return None
             return f"{split}/{clip}{VIDEO_SUFFIX}"
 
-        log.info("extracting %s", record.archive)
+        stats = _unpack(record, Path(videos_dir), route, passwords, max_member_bytes, Path(tmp_dir), problems)
+        for key in ("written", "cached", "ignored", "nested"):
+            setattr(totals, key, getattr(totals, key) + getattr(stats, key))
+    return totals, problems
+
+
+def _unpack(
+    record: ArchiveRecord,
+    target: Path,
+    route: Route,
+    passwords: list[str],
+    max_member_bytes: int,
+    tmp_dir: Path,
+    problems: list[Problem],
+) -> ExtractStats:
+    """extract_nested for one archive; whatever goes wrong in it becomes a problem, not a crash."""
+    split = archive_split(record.archive) or ""
+    log.info("extracting %s", record.archive)
+    try:
         stats = extract_nested(
             record.path,
-            videos_dir,
+            target,
             route=route,
             passwords=passwords,
             max_member_bytes=max_member_bytes,
             tmp_dir=tmp_dir,
+            keep_going=True,
         )
-        log.info("%s: %s", record.archive, stats)
-        for key, value in asdict(stats).items():
-            setattr(totals, key, getattr(totals, key) + value)
-    return totals, problems
+    except (ArchiveError, zipfile.BadZipFile, zlib.error, EOFError) as exc:
+        log.error("archive %s skipped: %s", record.archive, exc)
+        problems.append(Problem("", split, f"archive {record.archive} skipped: {exc}"))
+        return ExtractStats()
+    problems += [Problem("", split, f"archive member skipped: {failure}") for failure in stats.failed]
+    log.info("%s: %s", record.archive, stats)
+    return stats
 
 
 def prepare_chalearn(cfg: dict[str, Any], raw_dir: str | Path) -> ChalearnData:
@@ -274,7 +295,7 @@ def prepare_chalearn(cfg: dict[str, Any], raw_dir: str | Path) -> ChalearnData:
         for r in records
         if r.origin == "missing"
     ]
-    labels = load_labels(
+    labels, label_problems = load_labels(
         records, archives_dir, download_dir / "annotations", passwords=passwords, max_member_bytes=max_bytes
     )
     split_of = dict(zip(labels["clip"], labels["split"], strict=True))
@@ -288,4 +309,6 @@ def prepare_chalearn(cfg: dict[str, Any], raw_dir: str | Path) -> ChalearnData:
     )
     order = {s: i for i, s in enumerate(SPLITS)}
     labels = labels.sort_values(["split", "clip"], key=lambda c: c.map(order) if c.name == "split" else c)
-    return ChalearnData(labels.reset_index(drop=True), records, problems + video_problems, asdict(stats))
+    return ChalearnData(
+        labels.reset_index(drop=True), records, problems + label_problems + video_problems, asdict(stats)
+    )

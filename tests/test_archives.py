@@ -181,3 +181,18 @@ def test_not_a_zip_is_an_error(tmp_path):
     archive.write_bytes(b"not a zip at all")
     with pytest.raises(zipfile.BadZipFile):
         extract_nested(archive, tmp_path / "out", route=_keep_path, max_member_bytes=100)
+
+
+def test_keep_going_records_a_bad_inner_zip_and_extracts_the_rest(tmp_path):
+    archive = tmp_path / "outer.zip"
+    archive.write_bytes(plain_zip({"a80_01.zip": b"not a zip", "a80_02.zip": plain_zip({"b.mp4": b"B"})}))
+    with pytest.raises(zipfile.BadZipFile):
+        extract_nested(
+            archive, tmp_path / "strict", route=_keep_path, max_member_bytes=1000, tmp_dir=tmp_path
+        )
+    stats = extract_nested(
+        archive, tmp_path / "out", route=_keep_path, max_member_bytes=1000, tmp_dir=tmp_path, keep_going=True
+    )
+    assert (tmp_path / "out" / "b.mp4").read_bytes() == b"B"
+    assert len(stats.failed) == 1 and "a80_01.zip" in stats.failed[0]
+    assert stats.written == 1

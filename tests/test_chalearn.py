@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import io
+import zipfile
 from pathlib import Path
 
 import pytest
 
-from stages.archives import ArchiveError, ChecksumError
+from stages.archives import ChecksumError
 from stages.chalearn import (
     EXPECTED_COUNTS,
     ArchiveRecord,
@@ -144,21 +146,48 @@ def test_local_archives_missing_ones_and_unlabelled_videos(tmp_path, monkeypatch
     assert local and not any(r.checked for r in local) and all(len(r.sha256) == 64 for r in local)
 
 
-def test_wrong_password_is_a_clear_error(tmp_path, monkeypatch):
+def test_wrong_password_is_a_reported_problem_and_that_split_goes_unlabelled(tmp_path, monkeypatch):
     monkeypatch.setenv("TEST_CHALEARN_PASSWORD", "not-it")
     files = official_archives(tmp_path)
     archives_dir = tmp_path / "archives"
     archives_dir.mkdir()
-    for name in ("test-annotation-e.zip", "train-annotation.zip"):
+    for name in ("test-annotation-e.zip", "train-annotation.zip", "train-1.zip", "test-1e.zip"):
         (archives_dir / name).write_bytes(files[name])
-    manifest = write_manifest(tmp_path / "manifest.csv", [(n, "", "") for n in files])
-    with pytest.raises(ArchiveError, match=r"test-annotation-e\.zip.*password protected"):
-        prepare_chalearn(chalearn_cfg(tmp_path, manifest, str(archives_dir)), tmp_path / "raw")
+    manifest = write_manifest(tmp_path / "manifest.csv", [])
+    data = prepare_chalearn(chalearn_cfg(tmp_path, manifest, str(archives_dir)), tmp_path / "raw")
+    assert set(data.labels["split"]) == {"train"}
+    reasons = [p.reason for p in data.problems]
+    assert any("test-annotation-e.zip" in r and "password protected" in r for r in reasons)
+    assert any("test-1e.zip" in r and "password protected" in r for r in reasons)
+    assert not (tmp_path / "raw" / "videos" / "test").exists()
+    assert len(list((tmp_path / "raw" / "videos" / "train").glob("*.mp4"))) == len(CLIPS["train"])
+
+
+def test_bad_inner_zip_and_unsafe_archive_are_problems_and_the_rest_is_unpacked(tmp_path, monkeypatch):
+    monkeypatch.setenv("TEST_CHALEARN_PASSWORD", PASSWORD)
+    files = official_archives(tmp_path)
+    good_inner = zipfile.ZipFile(io.BytesIO(files["train-1.zip"])).read(INNER["train"])
+    files["train-1.zip"] = plain_zip(
+        {"training80_02.zip": b"PK not really a zip", INNER["train"]: good_inner}
+    )
+    files["val-1.zip"] = plain_zip({INNER["val"]: plain_zip({"../../../evil.mp4": b"owned"})})
+    archives_dir = tmp_path / "archives"
+    archives_dir.mkdir()
+    for name, data in files.items():
+        (archives_dir / name).write_bytes(data)
+    manifest = write_manifest(tmp_path / "manifest.csv", [])
+    data = prepare_chalearn(chalearn_cfg(tmp_path, manifest, str(archives_dir)), tmp_path / "raw")
+    reasons = " | ".join(p.reason for p in data.problems)
+    assert "training80_02.zip" in reasons and "escapes" in reasons and "validation80_01.zip" in reasons
+    assert len(list((tmp_path / "raw" / "videos" / "train").glob("*.mp4"))) == len(CLIPS["train"])
+    assert not list(tmp_path.rglob("evil*"))
+    assert not (tmp_path / "raw" / "videos" / "val").exists()
 
 
 @pytest.mark.shared_data
 def test_labels_from_real_annotation_pickles_in_the_archives_folder(tmp_path, annotations_dir):
-    labels = load_labels([], annotations_dir, tmp_path, passwords=[], max_member_bytes=1 << 30)
+    labels, problems = load_labels([], annotations_dir, tmp_path, passwords=[], max_member_bytes=1 << 30)
+    assert problems == []
     assert labels.groupby("split").size().to_dict() == EXPECTED_COUNTS
     assert labels["clip"].is_unique
     row = labels.set_index("clip").loc["_G3kw9HwCqY.000"]
@@ -169,6 +198,6 @@ def test_annotation_zip_is_read(tmp_path):
     archive = tmp_path / "train-annotation.zip"
     archive.write_bytes(plain_zip({"annotation_training.pkl": annotation_pickle({"a.000": 0.3})}))
     record = ArchiveRecord("train-annotation.zip", "local", str(archive))
-    labels = load_labels([record], None, tmp_path / "work", passwords=[], max_member_bytes=1 << 20)
+    labels, _ = load_labels([record], None, tmp_path / "work", passwords=[], max_member_bytes=1 << 20)
     assert labels[["clip", "split"]].values.tolist() == [["a.000", "train"]]
     assert labels.loc[0, "openness"] == pytest.approx(0.3)

@@ -7,7 +7,6 @@ sha256 before use. Labels come from the annotation pickles, which also decide ea
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import os
 import zipfile
@@ -20,13 +19,12 @@ import pandas as pd
 
 from stages.annotations import ANNOTATION_FILES, VIDEO_SUFFIX, annotation_frame, read_annotation
 from stages.archives import ArchiveError, ExtractStats, Route, download, extract_nested, verify_sha256
-from stages.common import SPLITS, write_json
+from stages.common import SPLITS
 
 log = logging.getLogger(__name__)
 
 EXPECTED_COUNTS = {"train": 6000, "val": 2000, "test": 2000}
 _SPLIT_PREFIXES = {"train": "train", "val": "val", "test": "test"}  # name prefix -> split
-CHECKSUM_CACHE = "checksums.json"
 
 
 @dataclass(frozen=True)
@@ -104,7 +102,6 @@ def locate_archives(
     """Find or download each archive and check its sha256 (a mismatch raises ChecksumError)."""
     local_dir = Path(archives_dir) if archives_dir else None
     download_dir = Path(download_dir)
-    cache = _ChecksumCache(download_dir / CHECKSUM_CACHE)
     records = []
     for entry in entries:
         if local_dir is not None and (local_dir / entry.archive).is_file():
@@ -118,7 +115,7 @@ def locate_archives(
             log.warning("archive %s is neither in the archives folder nor has a URL", entry.archive)
             records.append(ArchiveRecord(entry.archive, "missing"))
             continue
-        record.sha256 = cache.digest(Path(record.path), entry.sha256)
+        record.sha256 = verify_sha256(record.path, entry.sha256)
         record.checked = bool(entry.sha256)
         if not entry.sha256:
             log.warning("no sha256 for %s in the manifest; it is %s", entry.archive, record.sha256)
@@ -128,37 +125,8 @@ def locate_archives(
         for extra in sorted(local_dir.glob("*.zip")):
             if extra.name not in known:
                 log.warning("%s is not in the manifest: used without a checksum", extra.name)
-                records.append(ArchiveRecord(extra.name, "local", str(extra), cache.digest(extra, "")))
-    cache.save()
+                records.append(ArchiveRecord(extra.name, "local", str(extra), verify_sha256(extra, "")))
     return records
-
-
-class _ChecksumCache:
-    """sha256 of large archives, remembered by path, size and mtime so reruns skip the hashing."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        try:
-            self.entries: dict[str, dict[str, Any]] = json.loads(path.read_text())
-        except (OSError, ValueError):
-            self.entries = {}
-
-    def digest(self, archive: Path, expected: str) -> str:
-        stat = archive.stat()
-        key = str(archive.resolve())
-        entry = self.entries.get(key)
-        if entry and entry["size"] == stat.st_size and entry["mtime_ns"] == stat.st_mtime_ns:
-            actual = entry["sha256"]
-            if expected and actual != expected.strip().lower():
-                return verify_sha256(archive, expected)  # hash again: raises unless the cache was stale
-            return actual
-        actual = verify_sha256(archive, expected)
-        self.entries[key] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": actual}
-        return actual
-
-    def save(self) -> None:
-        if self.entries:
-            write_json(self.path, self.entries)
 
 
 # ---------------------------------------------------------------- labels and videos

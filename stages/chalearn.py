@@ -24,7 +24,6 @@ from stages.common import SPLITS
 log = logging.getLogger(__name__)
 
 EXPECTED_COUNTS = {"train": 6000, "val": 2000, "test": 2000}
-_SPLIT_PREFIXES = {"train": "train", "val": "val", "test": "test"}  # name prefix -> split
 
 
 @dataclass(frozen=True)
@@ -78,7 +77,7 @@ def read_manifest(path: str | Path) -> list[ManifestEntry]:
 def archive_split(name: str) -> str | None:
     """The split an archive or inner-archive name stands for (train-1.zip, validation80_01.zip)."""
     stem = PurePosixPath(name.replace("\\", "/")).name.lower()
-    return next((split for prefix, split in _SPLIT_PREFIXES.items() if stem.startswith(prefix)), None)
+    return next((split for split in SPLITS if stem.startswith(split)), None)
 
 
 def is_annotation_archive(name: str) -> bool:

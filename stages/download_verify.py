@@ -1,4 +1,4 @@
-"""download-verify: the raw videos and labels.csv, from the synthetic generator or the real FI V2.
+"""download-verify: the raw videos, labels.csv and videos.csv, from the synthetic generator or the real FI V2.
 
 Whatever the source, every labelled clip must have a video that OpenCV opens and every video a
 label; clips that fail are reported in reports/data/download.json and left out of labels.csv.
@@ -10,7 +10,7 @@ import importlib
 import logging
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -162,6 +162,15 @@ def label_stats(labels: pd.DataFrame) -> dict[str, dict[str, dict[str, float]]]:
     return {s: stats[s] for s in SPLITS if s in stats}
 
 
+def video_table(clips: pd.DataFrame, videos: dict[str, VideoInfo]) -> pd.DataFrame:
+    """One row per usable clip: clip, split and what OpenCV reports (fps, frames, width, height)."""
+    rows = [asdict(videos[c]) for c in clips["clip"]]
+    return pd.concat(
+        [clips.reset_index(drop=True), pd.DataFrame(rows, columns=[f.name for f in fields(VideoInfo)])],
+        axis=1,
+    )
+
+
 def video_summary(videos: dict[str, VideoInfo]) -> dict[str, Any]:
     """Range of fps, frame counts and sizes over the usable videos."""
     if not videos:
@@ -229,19 +238,20 @@ def main() -> None:
         report["extract"] = data.extract
     else:
         raise ValueError(f"data.source must be synthetic or chalearn, not {source!r}")
-    report["generate_s"] = round(time.perf_counter() - start, 2)
+    report["prepare_s"] = round(time.perf_counter() - start, 2)
 
     verified = verify_dataset(labels, videos_dir, expected, resolve_workers(int(cfg.get("workers", 0))))
     problems += verified.problems
     write_csv(raw_dir / "labels.csv", verified.labels[["clip", "split", *LABEL_COLUMNS]])
     kept = verified.labels[["clip", "split"]]
+    write_csv(raw_dir / "videos.csv", video_table(kept, verified.videos))
     write_csv(raw_dir / "factors.csv", factors.merge(kept, on=["clip", "split"]) if len(factors) else factors)
     report |= {
         "counts": verified.counts,
         "problems": [asdict(p) for p in problems],
         "label_stats": label_stats(verified.labels),
         "videos": video_summary(verified.videos),
-        "verify_s": round(time.perf_counter() - start - report["generate_s"], 2),
+        "verify_s": round(time.perf_counter() - start - report["prepare_s"], 2),
         "seconds": round(time.perf_counter() - start, 2),
     }
     write_json(cfg["report"], report)

@@ -174,6 +174,9 @@ def test_main_synthetic_writes_labels_factors_and_report(tmp_path, monkeypatch):
     assert report["label_stats"]["train"]["openness"]["mean"] == pytest.approx(0.25)
     assert report["videos"]["sizes"] == {"32x32": 5}
     assert (tmp_path / "reports" / "logs" / "download_verify.log").exists()
+    videos = pd.read_csv(tmp_path / "data" / "raw" / "videos.csv", dtype={"clip": str})
+    assert list(videos.columns) == ["clip", "split", "fps", "frames", "width", "height"]
+    assert list(videos["clip"]) == list(labels["clip"]) and (videos["frames"] == 6).all()
 
 
 def test_main_chalearn_from_local_archives(tmp_path, monkeypatch):

@@ -1,0 +1,170 @@
+"""The evaluate stage: its tables and scores, and a whole run on tiny generated clips with an untrained model."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from model.config import DataConfig, ModelConfig, TrainConfig
+from model.network import build_model
+from model.training import RunConfigs, save_checkpoint
+from stages import evaluate
+from stages.common import LABEL_COLUMNS, TRAITS
+
+FACE, FLOW, K = 32, 16, 2
+
+
+def test_label_matrix_follows_clip_order_and_prefix():
+    table = pd.DataFrame({"clip": ["a", "b"], "oracle_x": [0.1, 0.2], "x": [0.5, 0.6]})
+    np.testing.assert_allclose(evaluate.label_matrix(table, ["b", "a"], ("x",), "oracle_"), [[0.2], [0.1]])
+    assert np.isnan(evaluate.label_matrix(table, ["c"], ("x",))).all()
+
+
+def test_predictions_frame_columns_and_errors():
+    truth = np.array([[0.5] * len(TRAITS), [0.2] * len(TRAITS)])
+    pred = np.array([[0.4] * len(TRAITS), [0.5] * len(TRAITS)])
+    frame = evaluate.predictions_frame(["a", "b"], TRAITS, truth, pred)
+    assert list(frame.columns[:4]) == ["clip", "openness_true", "openness_pred", "openness_abs_err"]
+    assert frame.shape == (2, 1 + 3 * len(TRAITS))
+    np.testing.assert_allclose(frame["neuroticism_abs_err"], [0.1, 0.3])
+
+
+def test_score_all_with_and_without_oracle_and_interview():
+    rng = np.random.default_rng(0)
+    truth = rng.uniform(0, 1, (40, len(LABEL_COLUMNS)))
+    pred = np.clip(truth + rng.normal(0, 0.1, truth.shape), 0, 1)
+    train = rng.uniform(0, 1, (100, len(LABEL_COLUMNS)))
+    cfg = evaluate.EvalConfig(n_resamples=100).bootstrap
+    r = evaluate.score_all(truth, pred, train, truth, LABEL_COLUMNS, cfg)
+    assert r.model["interview"]["1-mae"] == pytest.approx(1 - np.abs(truth[:, -1] - pred[:, -1]).mean())
+    five = 1 - np.abs(truth[:, :5] - pred[:, :5]).mean(axis=0)
+    assert r.model["mean"]["1-mae"] == pytest.approx(five.mean())  # interview is not in the mean
+    assert r.oracle["mean"]["1-mae"] == pytest.approx(1.0)
+    assert 0 < r.gap_closed["mean"] < 1 and r.gap_closed["mean_lo"] <= r.gap_closed["mean"]
+    assert set(r.gap_closed) >= {f"{t}{s}" for t in TRAITS for s in ("", "_lo", "_hi")}
+    no_oracle = evaluate.score_all(truth, pred, train, np.full_like(truth, np.nan), LABEL_COLUMNS, cfg)
+    assert no_oracle.oracle is None and no_oracle.gap_closed is None
+    layout = evaluate.metrics_json({"test": no_oracle})
+    assert set(layout) == {"test", "baseline"}
+
+
+# ---------------------------------------------------------------- a whole run
+
+
+def _tiny_configs() -> RunConfigs:
+    model = ModelConfig.from_params(
+        {
+            "static": {"frames": K, "input_size": FACE},
+            "dynamic": {"input_size": FLOW, "channels": 4, "blocks": 1},
+            "fusion": {"dim": 16, "heads": 2, "ff_mult": 1},
+            "head_hidden": 8,
+        }
+    )
+    data = DataConfig(static_frames=K, static_size=FACE, flow_size=FLOW, label_columns=model.label_columns)
+    return RunConfigs(model=model, data=data, train=TrainConfig())
+
+
+def _write_clip(root, split: str, name: str, t: int, rng: np.random.Generator) -> None:
+    (root / "faces" / split).mkdir(parents=True, exist_ok=True)
+    (root / "flow" / split).mkdir(parents=True, exist_ok=True)
+    np.savez(
+        root / "faces" / split / f"{name}.npz",
+        faces=rng.integers(0, 256, (t, FACE, FACE, 3), dtype=np.uint8),
+        valid=np.ones(t, bool),
+        key="k",
+    )
+    np.savez(
+        root / "flow" / split / f"{name}.npz",
+        flow=rng.integers(-100, 100, (t - 1, FLOW, FLOW, 2), dtype=np.int8),
+        scale=np.float32(0.05),
+        valid=np.ones(t - 1, bool),
+        key="k",
+    )
+
+
+@pytest.fixture
+def tiny_run(tmp_path, monkeypatch):
+    """A working directory with generated faces/flow, labels, factors, params and an untrained checkpoint."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for split, n in (("train", 4), ("val", 3), ("test", 5)):
+        for i in range(n):
+            name = f"{split}clip{i}.00{i}"
+            rows.append(
+                {"clip": name, "split": split, **dict(zip(LABEL_COLUMNS, rng.uniform(0, 1, 6), strict=True))}
+            )
+            _write_clip(tmp_path, split, name, t=4 + i, rng=rng)
+    # one test clip without flow, one with an unreadable faces file: both are left out
+    (tmp_path / "flow" / "test" / "testclip3.003.npz").unlink()
+    (tmp_path / "faces" / "test" / "testclip4.004.npz").write_bytes(b"not an npz")
+    labels = pd.DataFrame(rows)
+    (tmp_path / "data").mkdir()
+    labels.to_csv(tmp_path / "data" / "labels.csv", index=False)
+    factors = labels[["clip", "split"]].copy()
+    for col in LABEL_COLUMNS:
+        factors[f"oracle_{col}"] = np.clip(labels[col] + rng.normal(0, 0.02, len(labels)), 0, 1)
+    factors.to_csv(tmp_path / "data" / "factors.csv", index=False)
+
+    torch.manual_seed(0)
+    configs = _tiny_configs()
+    save_checkpoint(tmp_path / "data" / "best.pt", build_model(configs.model), configs, epoch=3)
+    params = {
+        "evaluate": {
+            "checkpoint": "data/best.pt",
+            "faces_dir": "faces",
+            "flow_dir": "flow",
+            "labels": "data/labels.csv",
+            "factors": "data/factors.csv",
+            "batch_size": 2,
+            "device": "cpu",
+            "n_resamples": 50,
+            "attention_clips": 2,
+        }
+    }
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_evaluate_run_writes_metrics_predictions_and_dumps(tiny_run):
+    evaluate.main()
+    m = json.loads((tiny_run / "reports" / "metrics.json").read_text())
+    assert set(m) == {"val", "test", "baseline", "oracle", "gap_closed"}
+    assert m["test"]["n_clips"] == 3 and m["val"]["n_clips"] == 3
+    for section in (m["test"], m["baseline"]["test"], m["oracle"]["val"]):
+        assert set(section) == {"n_clips", "mean", *TRAITS}
+        assert 0 < section["mean"]["1-mae"] <= 1
+        assert section["mean"]["1-mae_lo"] <= section["mean"]["1-mae"] <= section["mean"]["1-mae_hi"]
+    assert "mean" in m["gap_closed"]["test"]
+
+    test = pd.read_csv(tiny_run / "reports" / "predictions" / "test.csv")
+    assert list(test["clip"]) == ["testclip0.000", "testclip1.001", "testclip2.002"]
+    assert test.shape == (3, 1 + 3 * len(TRAITS))
+    assert test.filter(like="_pred").apply(lambda c: c.between(0, 1)).all().all()
+    assert test["openness_abs_err"].to_numpy() == pytest.approx(
+        (test["openness_true"] - test["openness_pred"]).abs().to_numpy()
+    )
+    assert m["test"]["openness"]["1-mae"] == pytest.approx(1 - test["openness_abs_err"].mean())
+    assert pd.read_csv(tiny_run / "reports" / "predictions" / "val.csv").shape == (3, 1 + 3 * len(TRAITS))
+
+    report = json.loads((tiny_run / "reports" / "evaluate.json").read_text())
+    assert set(report["test"]["left_out_clips"]) == {"testclip3.003", "testclip4.004"}
+    assert report["epoch"] == 3
+
+    with np.load(tiny_run / "reports" / "attention" / "test.npz") as z:
+        assert list(z["clips"]) == ["testclip0.000", "testclip1.001"]
+        assert z["faces"].shape == (2, K, FACE, FACE, 3) and z["faces"].dtype == np.uint8
+        k, h, w = z["static_grid"]
+        s2d = z["static_to_dynamic"]
+        assert s2d.shape[:3] == (2, 2, k * h * w) and s2d.shape[3] == z["dynamic_tokens"].max()
+        for i, n in enumerate(z["dynamic_tokens"]):
+            np.testing.assert_allclose(s2d[i, :, :, :n].sum(-1), 1.0, rtol=1e-5)  # real keys hold it all
+        assert z["dynamic_to_static"].shape[2] == s2d.shape[3]
+    with np.load(tiny_run / "reports" / "embeddings" / "test.npz") as z:
+        assert z["static_emb"].shape == (3, 16) and z["dynamic_emb"].shape == (3, 16)
+        np.testing.assert_allclose(z["pred"], test.filter(like="_pred").to_numpy(), rtol=1e-5)

@@ -49,6 +49,8 @@ ARCFACE_112 = np.array(
     [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]],
     dtype=np.float64,
 )
+# mtcnn's names for the five landmarks, in the order of the template and of the stored landmarks.
+LANDMARK_NAMES = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +76,7 @@ class AlignConfig:
     threshold_rnet: float = 0.7
     threshold_onet: float = 0.8
     track_distance: float = 1.0
-    refine_motion: float = 0.1
+    refine_motion: float = 0.15
     min_valid_ratio: float = 0.5
 
     @classmethod

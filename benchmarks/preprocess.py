@@ -1,0 +1,195 @@
+"""Seconds per clip of extract-frames, align-faces and compute-flow on one real clip, against a naive way.
+
+Ours: the pipeline's own functions and params (grab-only skipping, MTCNN on downscaled batches of
+every k-th frame). Naive: cv2 read() and colour conversion of every frame, MTCNN at full
+resolution on every sampled frame one at a time. One-time costs (TensorFlow import, detector
+construction, first-call tracing) are timed apart from the per-clip figures.
+
+    python -m benchmarks.preprocess [--video PATH] [--params params.yaml] [--repeat 2] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from stages import align_faces as af
+from stages.common import load_params, write_json
+from stages.compute_flow import clip_flow, estimator_from
+from stages.extract_frames import sample_frames
+
+REAL_CLIP = Path(__file__).resolve().parents[2] / "shared" / "data" / "videos" / "_G3kw9HwCqY.000.mp4"
+TARGET_SECONDS = 3.0
+TARGET_SPEEDUP = 8.0
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Timing:
+    """Seconds per clip of each step for one approach (the median over repeats)."""
+
+    extract: float
+    align: float
+    flow: float
+
+    @property
+    def total(self) -> float:
+        return self.extract + self.align + self.flow
+
+
+def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
+    start = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - start
+
+
+def naive_frames(video: Path, fps: float) -> np.ndarray:
+    """Read and convert every frame with cv2 read(), keeping the one nearest each 1/fps tick."""
+    cap = cv2.VideoCapture(str(video))
+    source_fps = cap.get(cv2.CAP_PROP_FPS) or 30.0
+    frames = []
+    while True:
+        ok, image = cap.read()
+        if not ok:
+            break
+        frames.append(cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
+    cap.release()
+    picks = np.unique(np.round(np.arange(0, len(frames) / source_fps, 1 / fps) * source_fps).astype(int))
+    return np.stack([frames[i] for i in picks if i < len(frames)])
+
+
+def naive_align(frames: np.ndarray, detector: af.FaceDetector, cfg: af.AlignConfig) -> np.ndarray:
+    """MTCNN at full resolution on every frame, one by one; the largest face aligned onto the template."""
+    target = af.template(cfg.size, cfg.margin)
+    faces = np.zeros((len(frames), cfg.size, cfg.size, 3), np.uint8)
+    for i, frame in enumerate(frames):
+        found = detector.detect_faces(
+            frame,
+            min_face_size=cfg.min_face_size,
+            threshold_pnet=cfg.threshold_pnet,
+            threshold_rnet=cfg.threshold_rnet,
+            threshold_onet=cfg.threshold_onet,
+        )
+        if found:
+            face = max(found, key=lambda f: f["box"][2] * f["box"][3])
+            points = np.array([face["keypoints"][k] for k in af.LANDMARK_NAMES], np.float64)
+            faces[i] = af.warp_face(frame, af.similarity_matrix(points, target), cfg.size)
+    return faces
+
+
+def run_ours(video: Path, params: dict[str, Any], detector: af.FaceDetector) -> tuple[Timing, dict[str, Any]]:
+    cfg = af.AlignConfig.from_params(params["faces"])
+    frames, extract = timed(
+        lambda: sample_frames(video, params["frames"]["fps"], params["frames"]["max_side"])
+    )
+    track, align = timed(lambda: af.align_clip(frames.frames, detector, cfg))
+    flow_params = params["flow"]
+    estimate = estimator_from(flow_params)
+    _, flow = timed(
+        lambda: clip_flow(track.faces, estimate, flow_params["size"], flow_params["bound"], track.valid)
+    )
+    facts = {
+        "frames": len(frames.frames),
+        "frame_size": list(frames.frames.shape[1:3]),
+        "valid": track.valid_ratio,
+    }
+    return Timing(extract, align, flow), facts
+
+
+def run_naive(video: Path, params: dict[str, Any], detector: af.FaceDetector) -> Timing:
+    cfg = af.AlignConfig.from_params(params["faces"])
+    frames, extract = timed(lambda: naive_frames(video, params["frames"]["fps"]))
+    faces, align = timed(lambda: naive_align(frames, detector, cfg))
+    flow_params = params["flow"]
+    estimate = estimator_from(flow_params)
+    _, flow = timed(lambda: clip_flow(faces, estimate, flow_params["size"], flow_params["bound"]))
+    return Timing(extract, align, flow)
+
+
+def median_timing(runs: list[Timing]) -> Timing:
+    return Timing(*(statistics.median(getattr(r, k) for r in runs) for k in ("extract", "align", "flow")))
+
+
+def one_time_costs(video: Path, params: dict[str, Any]) -> tuple[af.FaceDetector, dict[str, float]]:
+    """Import TensorFlow, build the detector and trace it once at both the detection and the full size."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    _, tf_import = timed(lambda: __import__("tensorflow"))
+    detector, build = timed(lambda: af.make_detector(params["faces"].get("device", "CPU:0")))
+    cap = cv2.VideoCapture(str(video))
+    ok, first = cap.read()
+    cap.release()
+    if not ok:
+        raise SystemExit(f"cannot read {video}")
+    first = cv2.cvtColor(first, cv2.COLOR_BGR2RGB)
+    cfg = af.AlignConfig.from_params(params["faces"])
+
+    def trace() -> None:
+        af.align_clip(np.repeat(first[None], 2, axis=0), detector, cfg)
+        detector.detect_faces(first)
+
+    _, warmup = timed(trace)
+    return detector, {"tensorflow_import": tf_import, "detector_build": build, "first_call_tracing": warmup}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--video", type=Path, default=REAL_CLIP)
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--repeat", type=int, default=2, help="runs of each approach; the median counts")
+    parser.add_argument("--out", type=Path, default=None, help="also write the figures as JSON here")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not args.video.is_file():
+        raise SystemExit(f"no video at {args.video}: the benchmark reads the real sample in ../shared/data")
+    params = load_params(path=args.params)
+
+    detector, once = one_time_costs(args.video, params)
+    ours_runs, naive_runs = [], []
+    facts: dict[str, Any] = {}
+    for i in range(args.repeat):
+        timing, facts = run_ours(args.video, params, detector)
+        ours_runs.append(timing)
+        naive_runs.append(run_naive(args.video, params, detector))
+        log.info("run %d: ours %.2f s, naive %.2f s", i + 1, ours_runs[-1].total, naive_runs[-1].total)
+    ours, naive = median_timing(ours_runs), median_timing(naive_runs)
+
+    print(f"clip {args.video.name}: {facts['frames']} frames at {params['frames']['fps']} fps, "
+          f"kept at {facts['frame_size'][1]}x{facts['frame_size'][0]}, face in {facts['valid']:.0%}")  # fmt: skip
+    print("load average (1, 5, 15 min): " + ", ".join(f"{v:.1f}" for v in os.getloadavg()))
+    print("one-time: " + ", ".join(f"{k} {v:.2f} s" for k, v in once.items()))
+    print(f"{'step':<10}{'ours s':>10}{'naive s':>10}{'naive/ours':>12}")
+    for step in ("extract", "align", "flow", "total"):
+        mine, theirs = getattr(ours, step), getattr(naive, step)
+        print(f"{step:<10}{mine:>10.2f}{theirs:>10.2f}{theirs / mine:>11.1f}x")
+    speedup = naive.total / ours.total
+    print(f"target: <= {TARGET_SECONDS:.0f} s per clip: {'met' if ours.total <= TARGET_SECONDS else 'MISSED'}; "
+          f">= {TARGET_SPEEDUP:.0f}x naive: {'met' if speedup >= TARGET_SPEEDUP else 'MISSED'}")  # fmt: skip
+    result = {
+        "video": args.video.name,
+        **facts,
+        "repeat": args.repeat,
+        "cores": len(os.sched_getaffinity(0)),
+        "load_average": os.getloadavg(),
+        "one_time_s": once,
+        "ours_s": {**vars(ours), "total": ours.total},
+        "naive_s": {**vars(naive), "total": naive.total},
+        "speedup": speedup,
+    }
+    if args.out:
+        write_json(args.out, result)
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -159,16 +159,15 @@ def detection_indices(length: int, every: int) -> np.ndarray:
 def detect_frames(
     frames: np.ndarray, index: np.ndarray, detector: FaceDetector, cfg: AlignConfig
 ) -> Detections:
-    """Run MTCNN on the frames at `index`, downscaled to `detect_side`, `batch_size` frames at a time."""
+    """Run MTCNN on the frames at `index`, downscaled to `detect_side` (never up), `batch_size` frames at a time."""
     height, width = frames.shape[1:3]
-    scale = cfg.detect_side / max(height, width)
+    scale = min(1.0, cfg.detect_side / max(height, width))
     dsize = (max(1, round(width * scale)), max(1, round(height * scale)))
     sx, sy = width / dsize[0], height / dsize[1]
-    interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
     result = Detections(np.asarray(index, np.int64), [], [], [])
     for start in range(0, len(index), cfg.batch_size):
         chunk = index[start : start + cfg.batch_size]
-        images = [cv2.resize(frames[i], dsize, interpolation=interpolation) for i in chunk]
+        images = [cv2.resize(frames[i], dsize, interpolation=cv2.INTER_AREA) for i in chunk]
         rows = detector.detect_faces(
             images,
             output_type="numpy",

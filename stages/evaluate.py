@@ -113,17 +113,21 @@ def infer(model: DualStreamNet, loader: DataLoader, device: torch.device) -> Inf
 
 def attention_dump(
     model: DualStreamNet, dataset: ClipDataset, batch_size: int, device: torch.device
-) -> dict[str, np.ndarray]:
-    """Last-layer attention of every clip of `dataset`, with the face frames the network saw.
+) -> tuple[Inference, dict[str, np.ndarray]]:
+    """Outputs of every clip of `dataset` and their last-layer attention, with the face frames seen.
 
     Attention arrays are zero-padded along the dynamic-token axis to the longest clip;
     `dynamic_tokens` [N] and `dynamic_grid` [N, 3] (T', h, w) say how many tokens are real.
     `faces` is uint8 [N, K, S, S, 3] RGB, the K sampled frames at the network's input size.
     """
     clips, pred, dumps = predict(model, make_loader(dataset, batch_size, False, 0, 0), device, dumps=True)
+    dumps = dumps or []
+    inference = Inference(
+        clips, pred, _stack([d.static_emb for d in dumps]), _stack([d.dynamic_emb for d in dumps])
+    )
     out: dict[str, np.ndarray] = {"clips": np.array(clips), "pred": pred, "faces": sampled_faces(dataset)}
     if not dumps:
-        return out
+        return inference, out
     n_dyn = np.array([0 if d.dynamic_grid is None else int(np.prod(d.dynamic_grid)) for d in dumps])
     out["dynamic_tokens"] = n_dyn
     out["dynamic_grid"] = np.array([d.dynamic_grid or (0, 0, 0) for d in dumps], dtype=np.int64)
@@ -132,7 +136,34 @@ def attention_dump(
     for key in dumps[0].attention:
         axis = -1 if key == "static_to_dynamic" else -2  # the dynamic-token axis
         out[key] = np.stack([_pad_to(d.attention[key], int(n_dyn.max()), axis) for d in dumps])
-    return out
+    return inference, out
+
+
+def _stack(rows: list[np.ndarray | None]) -> np.ndarray | None:
+    return None if not rows or rows[0] is None else np.stack(rows)
+
+
+def concat(a: Inference, b: Inference) -> Inference:
+    """Outputs of two disjoint sets of clips, a's first."""
+
+    def cat(x: np.ndarray | None, y: np.ndarray | None) -> np.ndarray | None:
+        return x if y is None else y if x is None else np.concatenate([x, y])
+
+    if not b.clips:
+        return a
+    return Inference(
+        a.clips + b.clips,
+        cat(a.pred, b.pred),
+        cat(a.static_emb, b.static_emb),
+        cat(a.dynamic_emb, b.dynamic_emb),
+    )
+
+
+def subset(dataset: ClipDataset, clips: list[Clip]) -> ClipDataset:
+    """A dataset over some of another's clips, sharing its decoded arrays."""
+    part = ClipDataset(dataset.root_faces, dataset.root_flow, clips, None, dataset.cfg, train=dataset.train)
+    part.cache = {c.name: dataset.cache[c.name] for c in clips if c.name in dataset.cache}
+    return part
 
 
 def _pad_to(a: np.ndarray, size: int, axis: int) -> np.ndarray:
@@ -145,7 +176,10 @@ def sampled_faces(dataset: ClipDataset) -> np.ndarray:
     """The normalized face frames of each item, back to uint8 [N, K, S, S, 3] for overlays."""
     mean = torch.tensor(dataset.cfg.mean).view(1, 3, 1, 1)
     std = torch.tensor(dataset.cfg.std).view(1, 3, 1, 1)
+    size, k = dataset.cfg.static_size, dataset.cfg.static_frames
     faces = [((dataset[i].faces * std + mean) * 255.0).round().clamp(0, 255) for i in range(len(dataset))]
+    if not faces:
+        return np.zeros((0, k, size, size, 3), np.uint8)
     return torch.stack(faces).to(torch.uint8).permute(0, 1, 3, 4, 2).numpy()
 
 
@@ -220,6 +254,21 @@ def split_dataset(
     return dataset, left_out
 
 
+def run_split(
+    model: DualStreamNet, dataset: ClipDataset, with_attention: bool, cfg: EvalConfig, device: torch.device
+) -> tuple[Inference, dict[str, np.ndarray] | None]:
+    """Outputs of every clip; with attention, also the dump of the first `attention_clips`.
+
+    Those clips run once, with attention; the rest without it (it can be large on real data).
+    """
+    if not with_attention:
+        return infer(model, make_loader(dataset, cfg.batch_size, False, 0, 0), device), None
+    first, rest = dataset.clips[: cfg.attention_clips], dataset.clips[cfg.attention_clips :]
+    head, dump = attention_dump(model, subset(dataset, first), cfg.batch_size, device)
+    tail = infer(model, make_loader(subset(dataset, rest), cfg.batch_size, False, 0, 0), device)
+    return concat(head, tail), dump
+
+
 @dataclass
 class SplitResult:
     """The metrics.json entries of one split: the model, the mean baseline, the oracle and the gap."""
@@ -284,7 +333,7 @@ def main() -> None:
         if len(dataset) < 2:
             log.warning("%s: %d usable clips, too few to score; left out", split, len(dataset))
             continue
-        inference = infer(model, make_loader(dataset, cfg.batch_size, False, 0, 0), device)
+        inference, dump = run_split(model, dataset, split == ATTENTION_SPLIT, cfg, device)
         truth = label_matrix(labels, inference.clips, columns)
         with atomic_path(Path(cfg.predictions_dir) / f"{split}.csv") as tmp:
             predictions_frame(inference.clips, columns, truth, inference.pred).to_csv(tmp, index=False)
@@ -299,8 +348,8 @@ def main() -> None:
             r.baseline["mean"]["1-mae"],
             "" if r.gap_closed is None else f", gap closed {r.gap_closed['mean']:.3f}",
         )
-        if split == ATTENTION_SPLIT:
-            write_test_dumps(model, dataset, inference, truth, columns, cfg, device)
+        if dump is not None:
+            write_test_dumps(inference, dump, truth, columns, cfg)
 
     write_json(cfg.metrics, metrics_json(results))
     report["seconds"] = time.perf_counter() - start
@@ -309,15 +358,13 @@ def main() -> None:
 
 
 def write_test_dumps(
-    model: DualStreamNet,
-    dataset: ClipDataset,
     inference: Inference,
+    dump: dict[str, np.ndarray],
     truth: np.ndarray,
     columns: tuple[str, ...],
     cfg: EvalConfig,
-    device: torch.device,
 ) -> None:
-    """The embeddings of every test clip and the attention of the first `attention_clips` of them."""
+    """The embeddings of every test clip, and the attention dump of the first clips."""
     emb = {
         "clips": np.array(inference.clips),
         "columns": np.array(columns),
@@ -328,11 +375,8 @@ def write_test_dumps(
         if getattr(inference, key) is not None:
             emb[key] = getattr(inference, key)
     save_npz(cfg.embeddings, **emb)
-    first = dataset.clips[: cfg.attention_clips]
-    subset = ClipDataset(dataset.root_faces, dataset.root_flow, first, None, dataset.cfg, train=False)
-    subset.cache = {c.name: dataset.cache[c.name] for c in first if c.name in dataset.cache}
-    dump = attention_dump(model, subset, cfg.batch_size, device)
-    save_npz(cfg.attention, compress=True, columns=np.array(columns), truth=truth[: len(first)], **dump)
+    n = len(dump["clips"])
+    save_npz(cfg.attention, compress=True, columns=np.array(columns), truth=truth[:n], **dump)
 
 
 if __name__ == "__main__":

@@ -12,9 +12,9 @@ import yaml
 
 from model.config import DataConfig, ModelConfig, TrainConfig
 from model.network import build_model
-from model.training import RunConfigs, save_checkpoint
+from model.training import RunConfigs, load_checkpoint, save_checkpoint
 from stages import evaluate
-from stages.common import LABEL_COLUMNS, TRAITS
+from stages.common import LABEL_COLUMNS, TRAITS, load_params
 
 FACE, FLOW, K = 32, 16, 2
 
@@ -168,3 +168,20 @@ def test_evaluate_run_writes_metrics_predictions_and_dumps(tiny_run):
     with np.load(tiny_run / "reports" / "embeddings" / "test.npz") as z:
         assert z["static_emb"].shape == (3, 16) and z["dynamic_emb"].shape == (3, 16)
         np.testing.assert_allclose(z["pred"], test.filter(like="_pred").to_numpy(), rtol=1e-5)
+
+
+@pytest.mark.parametrize("n_attention", [0, 1, 10])
+def test_attention_clips_get_the_same_outputs_as_the_rest(tiny_run, n_attention):
+    cfg = evaluate.EvalConfig.from_params(load_params("evaluate"))
+    cfg.attention_clips = n_attention
+    model, configs, _ = load_checkpoint(cfg.checkpoint)
+    labels = pd.read_csv(cfg.labels)
+    dataset, left_out = evaluate.split_dataset(labels, "val", cfg, configs.data)
+    assert len(dataset) == 3 and not left_out
+    plain, none = evaluate.run_split(model, dataset, False, cfg, torch.device("cpu"))
+    split, dump = evaluate.run_split(model, dataset, True, cfg, torch.device("cpu"))
+    assert none is None and split.clips == plain.clips
+    np.testing.assert_allclose(split.pred, plain.pred, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(split.static_emb, plain.static_emb, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(split.dynamic_emb, plain.dynamic_emb, rtol=1e-4, atol=1e-5)
+    assert len(dump["clips"]) == len(dump["faces"]) == min(n_attention, 3)

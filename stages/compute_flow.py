@@ -208,7 +208,6 @@ _ESTIMATOR: list[Estimator] = []
 def _init_worker(cfg: dict[str, Any]) -> None:
     _CFG.clear()
     _CFG.update(cfg)
-    cv2.setNumThreads(1)
     _ESTIMATOR[:] = [estimator_from(cfg)]
 
 

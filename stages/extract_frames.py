@@ -62,17 +62,20 @@ class Frames:
 # ---------------------------------------------------------------- sampling
 
 
-def sample_frames(video_path: str | Path, fps: float, max_side: int) -> Frames:
+def sample_frames(video_path: str | Path, fps: float, max_side: int, threads: int = 0) -> Frames:
     """Decode a video and keep the first frame at or after each multiple of 1/fps seconds.
 
-    Raises SkipClip when the file is empty, not a readable video, or yields no frames.
+    `threads` are the decoder's (0: FFmpeg's choice). Raises SkipClip when the file is empty,
+    not a readable video, or yields no frames.
     """
     video_path = Path(video_path)
     if not video_path.is_file():
         raise SkipClip(f"missing video file {video_path.name}")
     if video_path.stat().st_size == 0:
         raise SkipClip("empty file (0 bytes)")
-    cap = cv2.VideoCapture(str(video_path), cv2.CAP_FFMPEG)
+    cap = cv2.VideoCapture(
+        str(video_path), cv2.CAP_FFMPEG, [cv2.CAP_PROP_N_THREADS, threads] if threads else []
+    )
     try:
         if not cap.isOpened():
             raise SkipClip(_unopenable_reason(video_path))
@@ -219,7 +222,6 @@ _CFG: dict[str, Any] = {}
 def _init_worker(cfg: dict[str, Any]) -> None:
     _CFG.clear()
     _CFG.update(cfg)
-    cv2.setNumThreads(1)
 
 
 def extract_clip(clip: Clip) -> ClipResult:
@@ -234,7 +236,7 @@ def extract_clip(clip: Clip) -> ClipResult:
         stats = {"frames": frame_count(out), "bytes": out.stat().st_size}
         return ClipResult(clip.name, clip.split, "cached", stats=stats, digest=file_digest(out))
     start = time.perf_counter()
-    frames = sample_frames(video, cfg["fps"], cfg["max_side"])
+    frames = sample_frames(video, cfg["fps"], cfg["max_side"], cfg["decode_threads"])
     check_frames(frames, cfg["min_frames"], cfg["min_coverage"])
     save_frames(out, frames, cfg["codec"], cfg["quality"], key)
     stats = {
@@ -271,7 +273,9 @@ def main() -> None:
     pruned = prune_outputs(out_dir, [c.path(out_dir) for c in clips]) if out_dir.exists() else 0
     logger.info("%d clips listed; removed %d partial and %d stale outputs", len(clips), removed, pruned)
     workers = resolve_workers(params["workers"])
-    results = run_clips(extract_clip, clips, workers, "extract-frames", _init_worker, (params,))
+    # Parallel clips already fill the cores: one decoder thread each avoids oversubscription.
+    cfg = params | {"decode_threads": 1 if workers > 1 else 0}
+    results = run_clips(extract_clip, clips, workers, "extract-frames", _init_worker, (cfg,))
     report = frames_report(results)
     write_json(params["report"], report)
     logger.info("frames: %d ok, %d skipped (report %s)", report["ok"], report["skipped"], params["report"])

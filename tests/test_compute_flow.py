@@ -143,7 +143,7 @@ def test_report_quantiles_match_the_magnitudes():
 # ---------------------------------------------------------------- the stage
 
 
-def make_project(root: Path, inputs: dict[str, Path], method: str = "farneback") -> None:
+def make_project(root: Path, inputs: dict[str, Path], method: str = "farneback", workers: int = 1) -> None:
     """Faces under data/faces/train/<clip>.npz, labels.csv and params.yaml in `root`."""
     rows = []
     for name, src in inputs.items():
@@ -169,7 +169,7 @@ def make_project(root: Path, inputs: dict[str, Path], method: str = "farneback")
             "faces_dir": "data/faces",
             "out_dir": "data/flow",
             "report": "reports/data/flow.json",
-            "workers": 1,
+            "workers": workers,
         }
     }
     (root / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
@@ -181,7 +181,7 @@ def test_main_skips_bad_inputs_reports_magnitudes_and_resumes(tmp_path, monkeypa
         f"good{i}": write_faces(tmp_path / "src" / f"good{i}.npz", face_frames(6, (48, 48), seed=i))
         for i in range(2)
     }
-    make_project(tmp_path / "proj", {**{k: p for k, (p, _) in bad.items()}, **good})
+    make_project(tmp_path / "proj", {**{k: p for k, (p, _) in bad.items()}, **good}, workers=2)
     monkeypatch.chdir(tmp_path / "proj")
     main()
     report = json.loads(Path("reports/data/flow.json").read_text())

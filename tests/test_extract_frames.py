@@ -204,7 +204,7 @@ def make_project(root: Path, clips: dict[str, Path], workers: int = 1) -> dict[s
 
 def test_main_processes_good_clips_skips_bad_ones_and_resumes(tmp_path, monkeypatch):
     clips = make_bad_clips(tmp_path / "src")
-    splits = make_project(tmp_path / "proj", clips)
+    splits = make_project(tmp_path / "proj", clips, workers=2)
     monkeypatch.chdir(tmp_path / "proj")
     main()
     report = json.loads(Path("reports/data/frames.json").read_text())

@@ -17,7 +17,7 @@ from skimage import data
 from stages import align_faces as af
 from stages.common import SkipClip, load_params
 from stages.extract_frames import Frames, sample_frames, save_frames
-from tests.fixtures import face_frames, gradient_frames, head_image
+from tests.fixtures import READABLE, face_frames, gradient_frames, head_image, make_bad_clips
 
 CFG = af.AlignConfig.from_params(load_params("faces", Path(__file__).resolve().parents[1] / "params.yaml"))
 
@@ -217,6 +217,27 @@ def test_rare_face_clip_is_skipped_with_its_ratio(detector: af.FaceDetector) -> 
     frames[:3] = face_frames(3, (320, 240))
     with pytest.raises(SkipClip, match=r"face in 30% of frames < 50%"):
         af.align_clip(frames, detector, replace(CFG, detect_every=1))
+
+
+def test_awkward_but_readable_clips(tmp_path: Path, detector: af.FaceDetector) -> None:
+    clips = make_bad_clips(tmp_path, seconds=1.0)
+    for case in READABLE:
+        frames = sample_frames(clips[case], 5, 640).frames
+        if case == "no_face":
+            with pytest.raises(SkipClip, match=r"^no face$"):
+                af.align_clip(frames, detector, CFG)
+            continue
+        track = af.align_clip(frames, detector, CFG)
+        assert track.valid.all(), case
+        assert track.faces.shape == (len(frames), CFG.size, CFG.size, 3), case
+
+
+def test_tiny_frames_are_skipped_not_crashed(detector: af.FaceDetector) -> None:
+    for shape in [(3, 8, 8, 3), (2, 12, 40)]:
+        with pytest.raises(SkipClip, match=r"^no face$"):
+            af.align_clip(np.zeros(shape, np.uint8), detector, CFG)
+    with pytest.raises(SkipClip, match="no frames"):
+        af.align_clip(np.zeros((0, 32, 32, 3), np.uint8), detector, CFG)
 
 
 def test_grayscale_frames_are_aligned(detector: af.FaceDetector) -> None:

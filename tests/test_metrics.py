@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import pickle
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from model import metrics
 from model.metrics import BootstrapConfig
+from stages.annotations import annotation_frame, read_annotation
 from stages.common import TRAITS
 
 CFG = BootstrapConfig(n_resamples=200, seed=0)
@@ -127,18 +125,12 @@ def test_gap_closed_endpoints_and_midpoint():
         assert est.low <= est.value <= est.high
 
 
-def _load_annotations(path: Path) -> dict[str, dict[str, float]]:
-    with open(path, "rb") as f:
-        return pickle.load(f, encoding="latin1")
-
-
 @pytest.mark.shared_data
 def test_mean_baseline_on_real_fi_v2_test_split(annotations_dir):
-    train = _load_annotations(annotations_dir / "annotation_training.pkl")
-    test = _load_annotations(annotations_dir / "annotation_test.pkl")
-    clips = sorted(test["openness"])
-    truth = np.array([[test[t][c] for t in TRAITS] for c in clips], dtype=np.float64)
-    train_truth = np.array([[train[t][c] for t in TRAITS] for c in sorted(train["openness"])])
+    # through the project's restricted unpickler, the same path real labels take into labels.csv
+    train = annotation_frame(read_annotation(annotations_dir / "annotation_training.pkl"), "train")
+    test = annotation_frame(read_annotation(annotations_dir / "annotation_test.pkl"), "test")
+    truth, train_truth = test[list(TRAITS)].to_numpy(), train[list(TRAITS)].to_numpy()
     assert truth.shape == (2000, len(TRAITS)) and train_truth.shape == (6000, len(TRAITS))
     s = metrics.score(truth, metrics.mean_baseline(train_truth, len(truth)), TRAITS, CFG)
     expected = dict(zip(TRAITS, (0.8833, 0.8746, 0.8781, 0.8935, 0.8773), strict=True))
@@ -146,6 +138,10 @@ def test_mean_baseline_on_real_fi_v2_test_split(annotations_dir):
         assert s.get(trait, "1-mae").value == pytest.approx(value, abs=5e-4), trait
     assert s.get("mean", "1-mae").value == pytest.approx(0.8814, abs=5e-4)
     assert s.get("mean", "r2").value < 0  # the training mean is not the test mean
+    val = annotation_frame(read_annotation(annotations_dir / "annotation_validation.pkl"), "val")
+    val_truth = val[list(TRAITS)].to_numpy()
+    val_score = metrics.one_minus_mae(val_truth, metrics.mean_baseline(train_truth, len(val_truth)))
+    assert val_score.mean() == pytest.approx(0.8834, abs=5e-4)
 
 
 def test_holm_on_known_p_values():

@@ -8,8 +8,9 @@ factors that the streams of the model must recover:
   `skimage.data.astronaut()` (face ids 0-99 and 100), grey, normalised in brightness and
   contrast, upscaled with cubic interpolation to a 128-px canvas, composited with a soft
   elliptical mask over a shoulder and a blurred background (crops of skimage images, gradients,
-  smooth noise) and animated as a talking head: slow translation, in-plane rotation and scale
-  oscillation whose amplitude (`head_motion`) is a nuisance independent of every label.
+  smooth noise) and animated as a talking head: slow (0.1-0.3 Hz) translation (up to 4% of the
+  frame), in-plane rotation (up to 4 degrees) and scale oscillation (up to 3%), whose amplitude
+  (`head_motion`, 0.2-1) is a nuisance independent of every label.
 * Static (appearance) factors, visible in any single frame:
   `s_tint`, skin tone from cool (bluish) to warm (reddish), which colourises the grey face;
   `s_shade`, the darkness of a beard-like shadow over jaw, chin and upper lip.
@@ -20,8 +21,9 @@ factors that the streams of the model must recover:
   (0.35-1.8 Hz, below the Nyquist rate of 5-fps sampling) while the opening amplitude and its
   distribution over time are the same for every clip, so still frames carry no information on
   it and the mean optical flow around the mouth rises with it;
-  `d_blink`, the blink rate (0.1-0.8 Hz): skin-coloured lids with a lash line close over both
-  eyes for `blink_seconds` (0.5 s, so 5-fps sampling sees two or three frames of each blink).
+  `d_blink`, the blink rate (0.1-0.8 Hz): the upper lids slide down from the brows over both
+  eyes (a local displacement field, so optical flow sees it) under a skin-coloured lid band,
+  for `blink_seconds` (0.5 s, so 5-fps sampling sees two or three frames of each blink).
 * Eye and mouth positions come from a landmark template measured once with MTCNN on the
   upscaled LFW faces (mean of 100 faces; per-face spread about 5 px at 128 px), and the
   astronaut is warped onto the same template.
@@ -152,7 +154,7 @@ class SyntheticConfig:
     face_scale: float = 0.5  # face canvas side as a fraction of the frame side
     mouth_hz_min: float = 0.35
     mouth_hz_max: float = 1.8
-    mouth_open: float = 0.10  # widest mouth opening, fraction of the canvas
+    mouth_open: float = 0.12  # widest mouth opening, fraction of the canvas
     blink_hz_min: float = 0.1
     blink_hz_max: float = 0.8
     blink_seconds: float = 0.5
@@ -359,13 +361,13 @@ def head_affines(
     t: np.ndarray, amplitude: float, size: int, scale: float, rng: np.random.Generator
 ) -> np.ndarray:
     """Canvas-to-frame similarity transforms of a slowly swaying, nodding head ([T, 2, 3])."""
-    freq = rng.uniform(0.1, 0.4, 4)
+    freq = rng.uniform(0.1, 0.3, 4)
     ph = rng.uniform(0, 2 * np.pi, 4)
     waves = np.sin(2 * np.pi * freq[:, None] * t[None] + ph[:, None])  # (4, T)
-    cx = size * (0.5 + 0.05 * amplitude * waves[0])
-    cy = size * (0.44 + 0.03 * amplitude * waves[1])
-    angle = 6.0 * amplitude * waves[2]
-    zoom = scale * (1 + 0.04 * amplitude * waves[3])
+    cx = size * (0.5 + 0.04 * amplitude * waves[0])
+    cy = size * (0.44 + 0.025 * amplitude * waves[1])
+    angle = 4.0 * amplitude * waves[2]
+    zoom = scale * (1 + 0.03 * amplitude * waves[3])
     centre = (FACE_CENTRE[0] * CANVAS, FACE_CENTRE[1] * CANVAS)
     out = np.empty((len(t), 2, 3), np.float64)
     for k in range(len(t)):
@@ -398,7 +400,8 @@ class FaceRig:
     lid_colour: np.ndarray  # float32 [3]
     eye_dist: np.ndarray  # float32 [CANVAS, CANVAS]: normalised elliptical distance to the nearer eye
     eye_top: np.ndarray  # float32 [CANVAS, CANVAS]: 0 at the top of the eye ellipse, 1 at its bottom
-    jaw_drop: np.ndarray  # float32 [CANVAS, CANVAS]: displacement per unit opening (pixels)
+    jaw_drop: np.ndarray  # float32 [CANVAS, CANVAS]: downward displacement per unit opening (pixels)
+    lid_drop: np.ndarray  # float32 [CANVAS, CANVAS]: downward displacement per unit eyelid closure
     mouth_centre: tuple[float, float]
     mouth_half_width: float
 
@@ -422,6 +425,12 @@ def build_rig(spec: ClipSpec, cfg: SyntheticConfig) -> FaceRig:
     eye_y = np.where(nearer == 0, lm[0, 1], lm[1, 1])
     eye_top = (yy - (eye_y - ay)) / (2 * ay)
     cheek = float(np.median(grey[int(lm[2, 1]) : int(lm[3, 1]), int(lm[0, 0]) : int(lm[1, 0])]))
+    # The upper lid slides down from the brow to the bottom of the eye, so that flow sees a blink.
+    lid_drop = np.zeros_like(xx)
+    for ex, ey in lm[:2]:
+        rise = np.clip((yy - (ey - 2.2 * ay)) / (3.2 * ay), 0, 1)
+        fall = np.clip(1 - (yy - (ey + ay)) / (0.5 * ay), 0, 1)
+        lid_drop += 2 * ay * np.exp(-0.5 * ((xx - ex) / (0.9 * ax)) ** 2) * np.minimum(rise, fall)
 
     across = np.exp(-0.5 * ((xx - mx) / (1.1 * hw)) ** 2)
     below = np.clip((yy - my + 0.01 * CANVAS) / (0.03 * CANVAS), 0, 1)
@@ -433,6 +442,7 @@ def build_rig(spec: ClipSpec, cfg: SyntheticConfig) -> FaceRig:
         eye_dist=np.minimum(*dists).astype(np.float32),
         eye_top=eye_top.astype(np.float32),
         jaw_drop=jaw_drop.astype(np.float32),
+        lid_drop=lid_drop.astype(np.float32),
         mouth_centre=(float(mx), float(my)),
         mouth_half_width=hw,
     )
@@ -441,9 +451,8 @@ def build_rig(spec: ClipSpec, cfg: SyntheticConfig) -> FaceRig:
 def animate_face(rig: FaceRig, mouth: float, lids: float, opening_px: float) -> np.ndarray:
     """The face texture with the jaw dropped by `mouth` and the eyelids `lids` closed."""
     yy, xx = np.mgrid[:CANVAS, :CANVAS].astype(np.float32)
-    face = cv2.remap(
-        rig.texture, xx, yy - mouth * rig.jaw_drop, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
-    )
+    drop = mouth * rig.jaw_drop + lids * rig.lid_drop
+    face = cv2.remap(rig.texture, xx, yy - drop, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     gap = mouth * opening_px
     if gap >= 0.5:
         mx, my = rig.mouth_centre
@@ -453,7 +462,7 @@ def animate_face(rig: FaceRig, mouth: float, lids: float, opening_px: float) -> 
         face = face * (1 - hole[..., None]) + MOUTH_COLOUR * hole[..., None]
     if lids > 0.02:
         inside = rig.eye_dist <= 1.0
-        edge = np.clip((lids - rig.eye_top) * 6.0, 0, 1) * inside  # soft lid edge
+        edge = np.clip((lids - rig.eye_top) * 6.0, 0, 1) * inside * 0.7  # soft lid edge over the slide
         lash = np.clip(1 - np.abs(lids - rig.eye_top) * 12.0, 0, 1) * inside * 0.6
         lid = rig.lid_colour * (1 - 0.7 * lash[..., None])
         face = face * (1 - edge[..., None]) + lid * edge[..., None]

@@ -13,6 +13,7 @@ import pytest
 
 from stages.common import LABEL_COLUMNS, SPLITS, TRAITS, file_digest
 from stages.synthetic import (
+    CANVAS,
     DYNAMIC_FACTORS,
     FACTORS,
     NUISANCES,
@@ -173,26 +174,33 @@ def test_mtcnn_finds_the_face():
         assert 60 <= h <= 200 and 0.25 * 256 <= x + w / 2 <= 0.75 * 256
 
 
-def _mouth_energy(spec, cfg: SyntheticConfig) -> float:
+def _region_energy(spec, cfg: SyntheticConfig, centre: tuple[float, float], half: tuple[int, int]) -> float:
+    """Mean absolute 5-fps frame difference in a box that follows the head (centre in canvas fractions)."""
     frames = render_frames(spec, cfg).astype(np.float32)
     motion = clip_motion(spec, cfg)
-    step = cfg.fps // 5  # the 5-fps sampling of extract-frames
-    energy = []
+    step = cfg.fps // 5  # the sampling rate of extract-frames
+    (hw, hh), energy = half, []
     for k in range(0, len(frames) - step, step):
-        # the mouth box in this frame: the mouth centre of the canvas mapped by the head transform
-        cx, cy = motion.affine[k] @ np.array([0.44 * 128, 0.76 * 128, 1.0])
-        x0, y0 = int(cx) - 24, int(cy) - 16
-        a, b = frames[k, y0 : y0 + 32, x0 : x0 + 48], frames[k + step, y0 : y0 + 32, x0 : x0 + 48]
-        energy.append(np.abs(a - b).mean())
+        cx, cy = motion.affine[k] @ np.array([centre[0] * CANVAS, centre[1] * CANVAS, 1.0])
+        box = np.s_[int(cy) - hh : int(cy) + hh, int(cx) - hw : int(cx) + hw]
+        energy.append(np.abs(frames[k][box] - frames[k + step][box]).mean())
     return float(np.mean(energy))
 
 
 def test_mouth_moves_more_for_a_higher_speaking_rate():
     cfg = SyntheticConfig(**{**TINY, "size": 256, "seconds": 4.0, "fps": 25})
-    spec = sample_design(cfg, 11)[0][0]
-    still = replace(spec, head_motion=0.0, d_blink=-3.0)
-    slow, fast = replace(still, d_mouth=-2.0), replace(still, d_mouth=2.0)
-    assert _mouth_energy(fast, cfg) > 2.0 * _mouth_energy(slow, cfg)
+    spec = replace(sample_design(cfg, 11)[0][0], head_motion=0.0, d_blink=-3.0)
+    slow, fast = replace(spec, d_mouth=-2.0), replace(spec, d_mouth=2.0)
+    mouth = ((0.44, 0.76), (24, 16))
+    assert _region_energy(fast, cfg, *mouth) > 1.5 * _region_energy(slow, cfg, *mouth)
+
+
+def test_eyes_move_more_for_a_higher_blink_rate():
+    cfg = SyntheticConfig(**{**TINY, "size": 256, "seconds": 6.0, "fps": 25})
+    spec = replace(sample_design(cfg, 12)[0][0], head_motion=0.0, d_mouth=-3.0)
+    rare, often = replace(spec, d_blink=-2.0), replace(spec, d_blink=2.0)
+    eyes = ((0.43, 0.35), (30, 10))
+    assert _region_energy(often, cfg, *eyes) > 2.0 * _region_energy(rare, cfg, *eyes)
 
 
 def test_still_frames_show_the_same_mouth_openings_whatever_the_rate():

@@ -56,13 +56,16 @@ def test_score_all_with_and_without_oracle_and_interview():
 # ---------------------------------------------------------------- a whole run
 
 
-def _tiny_configs() -> RunConfigs:
+def _tiny_configs(**overrides) -> RunConfigs:
+    """A network small enough for a test; `overrides` are top-level `model` params (streams, outputs, fusion)."""
+    fusion = {"dim": 16, "heads": 2, "ff_mult": 1, **overrides.pop("fusion", {})}
     model = ModelConfig.from_params(
         {
             "static": {"frames": K, "input_size": FACE},
             "dynamic": {"input_size": FLOW, "channels": 4, "blocks": 1},
-            "fusion": {"dim": 16, "heads": 2, "ff_mult": 1},
+            "fusion": fusion,
             "head_hidden": 8,
+            **overrides,
         }
     )
     data = DataConfig(static_frames=K, static_size=FACE, flow_size=FLOW, label_columns=model.label_columns)
@@ -185,3 +188,29 @@ def test_attention_clips_get_the_same_outputs_as_the_rest(tiny_run, n_attention)
     np.testing.assert_allclose(split.static_emb, plain.static_emb, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(split.dynamic_emb, plain.dynamic_emb, rtol=1e-4, atol=1e-5)
     assert len(dump["clips"]) == len(dump["faces"]) == min(n_attention, 3)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"streams": "static", "outputs": "traits_interview"},
+        {"streams": "dynamic"},
+        {"fusion": {"type": "concat"}},
+    ],
+    ids=["static+interview", "dynamic", "concat"],
+)
+def test_evaluate_runs_every_ablation(tiny_run, overrides):
+    configs = _tiny_configs(**overrides)
+    save_checkpoint(tiny_run / "data" / "best.pt", build_model(configs.model), configs, epoch=1)
+    evaluate.main()
+    m = json.loads((tiny_run / "reports" / "metrics.json").read_text())
+    columns = configs.model.label_columns
+    test = pd.read_csv(tiny_run / "reports" / "predictions" / "test.csv")
+    assert test.shape == (3, 1 + 3 * len(columns))
+    assert ("interview" in m["test"]) == ("interview" in columns)
+    with np.load(tiny_run / "reports" / "attention" / "test.npz") as z:
+        assert "static_to_dynamic" not in z and "dynamic_to_static" not in z  # no cross-attention
+        assert z["faces"].shape == (2, K, FACE, FACE, 3)
+    with np.load(tiny_run / "reports" / "embeddings" / "test.npz") as z:
+        assert ("static_emb" in z) == (configs.model.streams != "dynamic")
+        assert ("dynamic_emb" in z) == (configs.model.streams != "static")

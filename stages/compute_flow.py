@@ -222,15 +222,28 @@ def estimator_from(cfg: dict[str, Any]) -> Estimator:
 
 
 def flow_clip(clip: Clip) -> ClipResult:
-    """Compute one listed clip's flow unless an output with the same key is already there."""
-    cfg = _CFG
+    """Compute one listed clip's flow unless an output with the same key is already there.
+
+    A skipped clip loses any output an earlier run left, so no stale flow outlives its faces.
+    """
+    out = clip.path(_CFG["out_dir"])
+    try:
+        return _flow(clip, out, _CFG)
+    except Exception:
+        out.unlink(missing_ok=True)
+        raise
+
+
+def _flow(clip: Clip, out: Path, cfg: dict[str, Any]) -> ClipResult:
     source = clip.path(cfg["faces_dir"])
-    out = clip.path(cfg["out_dir"])
     if not source.is_file():
         raise SkipClip("no aligned faces (align-faces left this clip out)")
     key = output_key({k: cfg[k] for k in KEY_PARAMS}, source)
     if stored_key(out) == key:
-        stats = magnitude_stats(load_flow(out), cfg["bound"])
+        flow = load_flow(out)
+        if len(flow.valid) + 1 < max(2, cfg["min_frames"]):
+            raise SkipClip(f"too short: {len(flow.valid) + 1} faces, fewer than {max(2, cfg['min_frames'])}")
+        stats = magnitude_stats(flow, cfg["bound"])
         return ClipResult(clip.name, clip.split, "cached", stats=stats, digest=file_digest(out))
     start = time.perf_counter()
     faces, valid = read_faces(source, cfg["min_frames"])

@@ -140,14 +140,15 @@ def _unopenable_reason(path: Path) -> str:
 
 def check_frames(frames: Frames, min_frames: int, min_coverage: float) -> None:
     """Raise SkipClip for clips too short to use or visibly cut short of their own index."""
-    if len(frames.frames) < min_frames:
-        raise SkipClip(
-            f"too short: {len(frames.frames)} sampled frames, fewer than frames.min_frames={min_frames}"
-        )
-    if frames.expected_frames > 0 and frames.source_frames < min_coverage * frames.expected_frames:
-        raise SkipClip(
-            f"truncated: decoded {frames.source_frames} of the {frames.expected_frames} frames its index lists"
-        )
+    check_counts(len(frames.frames), frames.source_frames, frames.expected_frames, min_frames, min_coverage)
+
+
+def check_counts(sampled: int, decoded: int, expected: int, min_frames: int, min_coverage: float) -> None:
+    """check_frames on counts alone, so a stored clip can be rechecked without decoding it."""
+    if sampled < min_frames:
+        raise SkipClip(f"too short: {sampled} sampled frames, fewer than frames.min_frames={min_frames}")
+    if expected > 0 and decoded < min_coverage * expected:
+        raise SkipClip(f"truncated: decoded {decoded} of the {expected} frames its index lists")
 
 
 # ---------------------------------------------------------------- storage
@@ -192,6 +193,7 @@ def save_frames(path: str | Path, frames: Frames, codec: str, quality: int, key:
         source_fps=np.float64(frames.source_fps),
         source_size=np.asarray(frames.source_size, np.int64),
         source_frames=np.int64(frames.source_frames),
+        expected_frames=np.int64(frames.expected_frames),
         key=np.str_(key),
     )
 
@@ -205,13 +207,14 @@ def load_frames(path: str | Path) -> Frames:
             source_fps=float(z["source_fps"]),
             source_size=tuple(int(v) for v in z["source_size"]),
             source_frames=int(z["source_frames"]),
+            expected_frames=int(z["expected_frames"]),
         )
 
 
-def frame_count(path: str | Path) -> int:
-    """How many frames a stored clip holds, without decoding them."""
+def stored_counts(path: str | Path) -> tuple[int, int, int]:
+    """Sampled, decoded and index-listed frame counts of a stored clip, without decoding it."""
     with np.load(path, allow_pickle=False) as z:
-        return len(z["timestamps"])
+        return len(z["timestamps"]), int(z["source_frames"]), int(z["expected_frames"])
 
 
 # ---------------------------------------------------------------- the stage
@@ -225,15 +228,27 @@ def _init_worker(cfg: dict[str, Any]) -> None:
 
 
 def extract_clip(clip: Clip) -> ClipResult:
-    """Sample one listed clip into its npz unless an output with the same key is already there."""
-    cfg = _CFG
+    """Sample one listed clip into its npz unless an output with the same key is already there.
+
+    A skipped clip loses any output an earlier run left, so no stale frames outlive their video.
+    """
+    out = clip.path(_CFG["out_dir"])
+    try:
+        return _extract(clip, out, _CFG)
+    except Exception:
+        out.unlink(missing_ok=True)
+        raise
+
+
+def _extract(clip: Clip, out: Path, cfg: dict[str, Any]) -> ClipResult:
     video = clip.path(cfg["videos_dir"], ".mp4")
-    out = clip.path(cfg["out_dir"])
     if not video.is_file():
         raise SkipClip(f"missing video file {video}")
     key = output_key({k: cfg[k] for k in KEY_PARAMS}, video)
     if stored_key(out) == key:
-        stats = {"frames": frame_count(out), "bytes": out.stat().st_size}
+        sampled, decoded, expected = stored_counts(out)
+        check_counts(sampled, decoded, expected, cfg["min_frames"], cfg["min_coverage"])
+        stats = {"frames": sampled, "bytes": out.stat().st_size}
         return ClipResult(clip.name, clip.split, "cached", stats=stats, digest=file_digest(out))
     start = time.perf_counter()
     frames = sample_frames(video, cfg["fps"], cfg["max_side"], cfg["decode_threads"])

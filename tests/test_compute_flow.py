@@ -202,6 +202,17 @@ def test_main_skips_bad_inputs_reports_magnitudes_and_resumes(tmp_path, monkeypa
     assert again["magnitude_px"] == report["magnitude_px"]
     assert again["digests"] == report["digests"]
 
+    # Faces replaced by junk, or a stricter min_frames, remove flow a former run left.
+    Path("data/faces/train/good0.npz").write_text("junk", encoding="utf-8")
+    params = yaml.safe_load(Path("params.yaml").read_text())
+    params["flow"]["min_frames"] = 7
+    Path("params.yaml").write_text(yaml.safe_dump(params))
+    main()
+    last = json.loads(Path("reports/data/flow.json").read_text())
+    skipped = {s["clip"]: s["reason"] for s in last["skipped_clips"]}
+    assert "unreadable" in skipped["good0"] and "too short" in skipped["good1"]
+    assert last["ok"] == 0 and not list(Path("data/flow").rglob("*.npz"))
+
 
 def test_main_fails_before_any_clip_when_the_method_is_unavailable(tmp_path, monkeypatch):
     make_project(tmp_path, {}, method="horn-schunck")

@@ -231,6 +231,19 @@ def test_main_processes_good_clips_skips_bad_ones_and_resumes(tmp_path, monkeypa
     assert sum(c["cached"] for c in report["counts"].values()) == len(READABLE) - 1
     assert not (Path("data/frames") / splits[dropped] / f"{dropped}.npz").exists()
 
+    # A video replaced by junk, or a stricter min_frames, removes outputs a former run left.
+    good = clips["good"].stem
+    (Path("data/raw/videos") / splits[good] / f"{good}.mp4").write_text("junk", encoding="utf-8")
+    params = yaml.safe_load(Path("params.yaml").read_text())
+    params["frames"]["min_frames"] = 11
+    Path("params.yaml").write_text(yaml.safe_dump(params))
+    main()
+    report = json.loads(Path("reports/data/frames.json").read_text())
+    skipped = {s["clip"]: s["reason"] for s in report["skipped_clips"]}
+    assert "not a readable video" in skipped[good]
+    assert "too short" in skipped[clips["non_ascii"].stem]
+    assert report["ok"] == 0 and not list(Path("data/frames").rglob("*.npz"))
+
 
 def test_killed_run_leaves_only_complete_outputs_and_resumes(tmp_path):
     src = tmp_path / "src"

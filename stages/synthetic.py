@@ -44,8 +44,12 @@ The oracle label is mean + sd_signal * score (clipped to [0, 1]); the label adds
 of sd `label_noise` (clipped to [0, 1]). Means are those of the real FI V2 training labels and
 sd_signal = sqrt(sd_real^2 - label_noise^2), so the labels' sds match the real ones too.
 Departure from the real data: the real traits correlate 0.58-0.88, but here openness and
-extraversion are uncorrelated (each must depend on one stream only) and the others correlate
-0.2-0.8 through the factors they share.
+extraversion are uncorrelated (each must depend on one stream only) and the other pairs
+correlate 0.3-0.9 through the factors they share.
+
+`generate_dataset` returns (labels, factors). labels: clip, split and the six label columns.
+factors: clip, split, the four factors, the nuisances (face_id, background_id, head_motion),
+`oracle_<label>` for the six labels, and the physical rates they set (mouth_hz, blink_hz).
 
 Every clip is seeded from (seed, split, index within split), so the output is byte-identical for
 a seed whatever the number of workers, and growing one split leaves the others unchanged.

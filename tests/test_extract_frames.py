@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import yaml
 
-from stages.common import SkipClip, stored_key
+from stages.common import SkipClip, load_params, stored_key
 from stages.extract_frames import (
     Frames,
     check_frames,
@@ -159,8 +159,9 @@ def test_real_clip_sampling_size_and_speed(real_clip, tmp_path):
     assert got.source_fps == pytest.approx(30.0, rel=1e-3)
     assert got.frames.shape == (77, 360, 640, 3)
     np.testing.assert_allclose(got.timestamps, np.arange(77) / 5, atol=1e-3)
+    params = load_params("frames", REPO / "params.yaml")
     out = tmp_path / "real.npz"
-    save_frames(out, got, "webp", 85, "k")
+    save_frames(out, got, params["codec"], params["quality"], "k")
     assert out.stat().st_size <= 2_000_000
     assert np.abs(load_frames(out).frames.astype(int) - got.frames).mean() < 3
     assert seconds < 10, f"sampling took {seconds:.1f} s"

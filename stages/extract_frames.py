@@ -137,7 +137,8 @@ def _to_rgb(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def _unopenable_reason(path: Path) -> str:
-    head = path.read_bytes()[:12]
+    with open(path, "rb") as f:
+        head = f.read(12)
     if head[4:8] == b"ftyp":
         return "cannot open: an mp4 whose index is missing or corrupt (truncated download?)"
     return "cannot open: not a readable video file"
@@ -250,8 +251,9 @@ def _extract(clip: Clip, out: Path, cfg: dict[str, Any]) -> ClipResult:
     if not video.is_file():
         raise SkipClip(f"missing video file {video}")
     key = output_key({k: cfg[k] for k in KEY_PARAMS}, video)
-    if stored_key(out) == key:
-        sampled, decoded, expected = stored_counts(out)
+    counts = _cached_counts(out, key)
+    if counts is not None:
+        sampled, decoded, expected = counts
         check_counts(sampled, decoded, expected, cfg["min_frames"], cfg["min_coverage"])
         stats = {"frames": sampled, "bytes": out.stat().st_size}
         return ClipResult(clip.name, clip.split, "cached", stats=stats, digest=file_digest(out))
@@ -266,6 +268,16 @@ def _extract(clip: Clip, out: Path, cfg: dict[str, Any]) -> ClipResult:
         "source_fps": round(frames.source_fps, 3),
     }
     return ClipResult(clip.name, clip.split, "done", stats=stats, digest=file_digest(out))
+
+
+def _cached_counts(out: Path, key: str) -> tuple[int, int, int] | None:
+    """The stored counts when `out` was made with `key`; None when it must be made (again)."""
+    if stored_key(out) != key:
+        return None
+    try:
+        return stored_counts(out)
+    except (KeyError, ValueError, OSError):  # an output in an older layout
+        return None
 
 
 def frames_report(results: list[ClipResult]) -> dict[str, Any]:

@@ -232,6 +232,17 @@ def test_main_processes_good_clips_skips_bad_ones_and_resumes(tmp_path, monkeypa
     assert sum(c["cached"] for c in report["counts"].values()) == len(READABLE) - 1
     assert not (Path("data/frames") / splits[dropped] / f"{dropped}.npz").exists()
 
+    # An output in an older layout (no expected_frames) with the right key is made again.
+    name = clips["grayscale"].stem
+    out = Path("data/frames") / splits[name] / f"{name}.npz"
+    with np.load(out) as z:
+        old = {k: z[k] for k in z.files if k != "expected_frames"}
+    np.savez(out, **old)
+    main()
+    report = json.loads(Path("reports/data/frames.json").read_text())
+    assert report["counts"][splits[name]]["done"] == 1 and report["skipped"] == len(UNREADABLE + TOO_SHORT)
+    assert load_frames(out).expected_frames > 0
+
     # A video replaced by junk, or a stricter min_frames, removes outputs a former run left.
     good = clips["good"].stem
     (Path("data/raw/videos") / splits[good] / f"{good}.mp4").write_text("junk", encoding="utf-8")

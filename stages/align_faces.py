@@ -157,17 +157,32 @@ def detection_indices(length: int, every: int) -> np.ndarray:
 
 
 def detect_frames(
-    frames: np.ndarray, index: np.ndarray, detector: FaceDetector, cfg: AlignConfig
+    frames: np.ndarray,
+    index: np.ndarray,
+    detector: FaceDetector,
+    cfg: AlignConfig,
+    window: tuple[int, int] | None = None,
+    origins: np.ndarray | None = None,
 ) -> Detections:
-    """Run MTCNN on the frames at `index`, downscaled to `detect_side` (never up), `batch_size` frames at a time."""
+    """Run MTCNN on the frames at `index`, downscaled to `detect_side` (never up), `batch_size` at a time.
+
+    With `window` (width, height) and `origins` [N, 2] (x0, y0 per frame) it looks only inside that
+    window of each frame, at the same scale, which costs a fraction of the whole frame.
+    """
     height, width = frames.shape[1:3]
     scale = min(1.0, cfg.detect_side / max(height, width))
-    dsize = (max(1, round(width * scale)), max(1, round(height * scale)))
-    sx, sy = width / dsize[0], height / dsize[1]
+    win_w, win_h = window or (width, height)
+    origins = np.zeros((len(index), 2), np.int64) if origins is None else np.asarray(origins, np.int64)
+    dsize = (max(1, round(win_w * scale)), max(1, round(win_h * scale)))
+    sx, sy = win_w / dsize[0], win_h / dsize[1]
     result = Detections(np.asarray(index, np.int64), [], [], [])
     for start in range(0, len(index), cfg.batch_size):
         chunk = index[start : start + cfg.batch_size]
-        images = [cv2.resize(frames[i], dsize, interpolation=cv2.INTER_AREA) for i in chunk]
+        corners = origins[start : start + cfg.batch_size]
+        images = [
+            cv2.resize(frames[i, y0 : y0 + win_h, x0 : x0 + win_w], dsize, interpolation=cv2.INTER_AREA)
+            for i, (x0, y0) in zip(chunk, corners, strict=True)
+        ]
         rows = detector.detect_faces(
             images,
             output_type="numpy",
@@ -180,12 +195,12 @@ def detect_frames(
         )
         # Rows: image, x0, y0, x1, y1, score, five landmark x, five landmark y (detection-image pixels).
         rows = np.asarray(rows, dtype=np.float64).reshape(-1, 16)
-        for j in range(len(chunk)):
+        for j, (x0, y0) in enumerate(corners):
             mine = rows[rows[:, 0] == j]
             xs = np.concatenate([mine[:, [1, 3]], mine[:, 6:11]], axis=1)
             ys = np.concatenate([mine[:, [2, 4]], mine[:, 11:16]], axis=1)
             # cv2.resize aligns pixel centres, so map through them back to the input frame.
-            xs, ys = (xs + 0.5) * sx - 0.5, (ys + 0.5) * sy - 0.5
+            xs, ys = (xs + 0.5) * sx - 0.5 + x0, (ys + 0.5) * sy - 0.5 + y0
             result.boxes.append(np.stack([xs[:, 0], ys[:, 0], xs[:, 1], ys[:, 1]], axis=1))
             result.landmarks.append(np.stack([xs[:, 2:], ys[:, 2:]], axis=-1))
             result.scores.append(mine[:, 5].copy())
@@ -205,34 +220,67 @@ def merge_detections(a: Detections, b: Detections) -> Detections:
     )
 
 
-def refine_indices(det: Detections, chosen: np.ndarray, motion: float) -> np.ndarray:
+@dataclass
+class Refinement:
+    """Skipped frames to detect after all, each inside a window (same size for all) around the main face."""
+
+    index: np.ndarray  # int [N]
+    window: tuple[int, int]  # width, height
+    origins: np.ndarray  # int [N, 2]: x0, y0 of each frame's window
+
+
+def refine_frames(
+    det: Detections, chosen: np.ndarray, motion: float, frame_size: tuple[int, int]
+) -> Refinement:
     """Skipped frames worth detecting too: those between two sightings of the main face whose landmarks
-    moved more than `motion` face sides (interpolation would lag), and those where the face comes or goes."""
-    extra = []
+    moved more than `motion` face sides (interpolation would lag), and those where the face comes or goes.
+
+    Each gets a window around the face's interpolated position, wide enough for the face (twice its
+    side) plus the way it moved across the gap.
+    """
+    width, height = frame_size
+    index, centres, reach = [], [], 0.0
     for d in range(len(chosen) - 1):
         a, b = det.frame_index[d], det.frame_index[d + 1]
         if b - a < 2 or (chosen[d] < 0 and chosen[d + 1] < 0):
             continue
+        box_a = det.boxes[d][chosen[d]] if chosen[d] >= 0 else det.boxes[d + 1][chosen[d + 1]]
+        box_b = det.boxes[d + 1][chosen[d + 1]] if chosen[d + 1] >= 0 else box_a
+        side = max(np.sqrt(max(np.prod(box[2:] - box[:2]), 1e-6)) for box in (box_a, box_b))
         if chosen[d] >= 0 and chosen[d + 1] >= 0:
-            box = det.boxes[d][chosen[d]]
-            side = np.sqrt(max(np.prod(box[2:] - box[:2]), 1e-6))
             shift = np.abs(det.landmarks[d + 1][chosen[d + 1]] - det.landmarks[d][chosen[d]]).max()
             if shift <= motion * side:
                 continue
-        extra.extend(range(a + 1, b))
-    return np.asarray(extra, np.int64)
+        centre_a, centre_b = (box_a[:2] + box_a[2:]) / 2, (box_b[:2] + box_b[2:]) / 2
+        reach = max(reach, 2 * side + float(np.abs(centre_b - centre_a).max()))
+        for f in range(a + 1, b):
+            index.append(f)
+            centres.append(centre_a + (centre_b - centre_a) * (f - a) / (b - a))
+    window = (min(width, int(np.ceil(reach))), min(height, int(np.ceil(reach))))
+    if not index:
+        return Refinement(np.zeros(0, np.int64), window, np.zeros((0, 2), np.int64))
+    centres = np.array(centres)
+    origins = np.stack(
+        [
+            np.clip(np.round(centres[:, 0] - window[0] / 2), 0, width - window[0]),
+            np.clip(np.round(centres[:, 1] - window[1] / 2), 0, height - window[1]),
+        ],
+        axis=1,
+    ).astype(np.int64)
+    return Refinement(np.asarray(index, np.int64), window, origins)
 
 
 def detect_clip(frames: np.ndarray, detector: FaceDetector, cfg: AlignConfig) -> Detections:
-    """Detect on every `detect_every`-th frame, then on the skipped frames where the main face moves fast
-    or comes and goes (see refine_indices)."""
+    """Detect on every `detect_every`-th frame, then near the main face on the skipped frames where it
+    moves fast or comes and goes (see refine_frames)."""
     height, width = frames.shape[1:3]
     det = detect_frames(frames, detection_indices(len(frames), cfg.detect_every), detector, cfg)
     if cfg.refine_motion > 0:
         chosen = track_main_face(det, (width, height), cfg.track_distance)
-        extra = refine_indices(det, chosen, cfg.refine_motion)
-        if len(extra):
-            det = merge_detections(det, detect_frames(frames, extra, detector, cfg))
+        extra = refine_frames(det, chosen, cfg.refine_motion, (width, height))
+        if len(extra.index):
+            more = detect_frames(frames, extra.index, detector, cfg, extra.window, extra.origins)
+            det = merge_detections(det, more)
     return det
 
 

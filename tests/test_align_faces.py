@@ -108,18 +108,33 @@ def test_tracking_keeps_the_main_face_when_another_comes_and_goes() -> None:
 
 
 def test_refinement_asks_for_frames_where_the_face_moves_or_appears() -> None:
-    box = np.array([[0.0, 0.0, 100.0, 100.0]])
+    box = np.array([[100.0, 50.0, 150.0, 100.0]])  # side 50
     still = np.zeros((1, 5, 2))
-    moved = still + 30.0  # 0.3 face sides
+    moved = still + 10.0  # 0.2 face sides
     det = af.Detections(
         np.array([0, 3, 6, 9, 12]),
-        [box] * 5,
+        [box, box, box + 30, box + 30, box + 30],
         [still, still, moved, moved, moved],
         [np.ones(1)] * 5,
     )
     chosen = np.array([0, 0, 0, 0, -1])
-    np.testing.assert_array_equal(af.refine_indices(det, chosen, 0.1), [4, 5, 10, 11])
-    assert len(af.refine_indices(det, np.full(5, -1), 0.1)) == 0
+    extra = af.refine_frames(det, chosen, 0.1, (320, 240))
+    np.testing.assert_array_equal(extra.index, [4, 5, 10, 11])
+    assert extra.window == (130, 130)  # twice the side plus the 30-px move
+    np.testing.assert_array_equal(extra.origins[0], [125 + 10 - 65, 75 + 10 - 65])
+    np.testing.assert_array_equal(extra.origins[2], [155 - 65, 105 - 65])
+    assert len(af.refine_frames(det, np.full(5, -1), 0.1, (320, 240)).index) == 0
+    assert len(af.refine_frames(det, chosen, 0.5, (320, 240)).index) == 2
+
+
+def test_window_detection_matches_whole_frame_detection(detector: af.FaceDetector) -> None:
+    frames = face_frames(2, (320, 240))
+    whole = af.detect_frames(frames, np.array([0, 1]), detector, CFG)
+    box = whole.boxes[1][0]
+    origins = np.array([[0, 0], np.floor(box[:2] - 40).astype(int)])
+    windowed = af.detect_frames(frames, np.array([0, 1]), detector, CFG, (200, 200), origins)
+    np.testing.assert_allclose(windowed.landmarks[1], whole.landmarks[1], atol=1.5)
+    np.testing.assert_allclose(windowed.boxes[1], whole.boxes[1], atol=3.0)
 
 
 def test_coverage_reasons() -> None:

@@ -511,7 +511,7 @@ _WORK: dict[str, Any] = {}
 
 
 def _init_worker(specs: dict[str, ClipSpec], cfg: SyntheticConfig, out_root: Path) -> None:
-    cv2.setNumThreads(1)
+    # No cv2.setNumThreads here: in a forked worker it can deadlock on the parent's thread pool.
     _WORK.update(specs=specs, cfg=cfg, out_root=out_root)
 
 

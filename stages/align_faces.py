@@ -454,10 +454,16 @@ _STATE: dict[str, Any] = {}
 
 
 def init_worker(params: dict[str, Any], threads: int) -> None:
-    """Pool initializer: one detector per worker process, built once."""
-    _STATE["params"] = params
-    _STATE["cfg"] = AlignConfig.from_params(params)
-    _STATE["detector"] = make_detector(params.get("device", "CPU:0"), threads)
+    """Pool initializer: the params of this run; the worker's one detector is built when first needed."""
+    _STATE.clear()
+    _STATE.update(params=params, cfg=AlignConfig.from_params(params), threads=threads)
+
+
+def worker_detector() -> FaceDetector:
+    """This worker's detector, built on first use so that a run of cached clips never loads TensorFlow."""
+    if "detector" not in _STATE:
+        _STATE["detector"] = make_detector(_STATE["params"].get("device", "CPU:0"), _STATE["threads"])
+    return _STATE["detector"]
 
 
 def clip_stats(valid: np.ndarray, confidence: np.ndarray) -> dict[str, Any]:
@@ -500,7 +506,7 @@ def process_clip(clip: Clip) -> ClipResult:
     dst.unlink(missing_ok=True)
     start = time.perf_counter()
     frames = load_frames(src)
-    track = align_clip(frames.frames, _STATE["detector"], cfg)
+    track = align_clip(frames.frames, worker_detector(), cfg)
     # Boxes and landmarks are stored in the source video's pixels, whatever size the frames were kept at.
     frame_size = (frames.frames.shape[2], frames.frames.shape[1])
     save_npz(

@@ -1,0 +1,287 @@
+"""Attention of the fusion layer mapped back onto the aligned face, and its mass on known face regions.
+
+Aligned faces put the five landmarks on the align-faces template, so the eyes and the mouth sit
+at fixed places in every crop (and in every flow field, computed on the same crops). On the
+synthetic data the trait-relevant motion lives exactly there (stages/synthetic.py): the share
+of attention on those regions, against their share of the area, says whether the network looks
+where the answer is. Boxes are given in units of the template's inter-eye distance.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+
+from stages.align_faces import template
+from stages.figures import PALETTE
+
+REGION_COLOURS = {"eyes": PALETTE[1], "mouth": PALETTE[5]}
+
+
+@dataclass(frozen=True)
+class RegionSpec:
+    """Sizes of the eye and mouth boxes around the template landmarks, in inter-eye distances."""
+
+    eye_half_width: float = 0.30
+    eye_above: float = 0.35  # the lid slides down from the brow
+    eye_below: float = 0.25
+    mouth_half_width: float = 0.55
+    mouth_above: float = 0.15
+    mouth_below: float = 0.60  # the jaw drops below the mouth
+
+
+def region_boxes(margin: float, spec: RegionSpec) -> dict[str, list[tuple[float, float, float, float]]]:
+    """Boxes (x0, y0, x1, y1) as fractions of the crop side for the regions 'eyes' (two) and 'mouth'."""
+    side = 112
+    lm = template(side, margin).astype(np.float64) / side
+    d = float(np.linalg.norm(lm[1] - lm[0]))
+    eyes = [
+        (
+            x - spec.eye_half_width * d,
+            y - spec.eye_above * d,
+            x + spec.eye_half_width * d,
+            y + spec.eye_below * d,
+        )
+        for x, y in lm[:2]
+    ]
+    mx, my = lm[3:].mean(axis=0)
+    mouth = [
+        (
+            mx - spec.mouth_half_width * d,
+            my - spec.mouth_above * d,
+            mx + spec.mouth_half_width * d,
+            my + spec.mouth_below * d,
+        )
+    ]
+    return {"eyes": [_clip_box(b) for b in eyes], "mouth": [_clip_box(b) for b in mouth]}
+
+
+def _clip_box(box: tuple[float, ...]) -> tuple[float, float, float, float]:
+    x0, y0, x1, y1 = (float(np.clip(v, 0.0, 1.0)) for v in box)
+    return x0, y0, x1, y1
+
+
+def region_mask(boxes: list[tuple[float, float, float, float]], size: int) -> np.ndarray:
+    """Boolean [size, size] mask of the union of boxes given as fractions of the side."""
+    mask = np.zeros((size, size), bool)
+    for x0, y0, x1, y1 in boxes:
+        mask[round(y0 * size) : round(y1 * size), round(x0 * size) : round(x1 * size)] = True
+    return mask
+
+
+def upsample(grid_map: np.ndarray, size: int) -> np.ndarray:
+    """A map over equal cells [h, w] as a density on pixels [size, size] (nearest cell of each pixel centre).
+
+    Summed over a region and divided by the total, it gives the region's share of the mass;
+    a uniform map gives exactly the region's share of the area, whatever the grid.
+    """
+    h, w = grid_map.shape
+    rows = np.minimum(((np.arange(size) + 0.5) * h / size).astype(int), h - 1)
+    cols = np.minimum(((np.arange(size) + 0.5) * w / size).astype(int), w - 1)
+    return grid_map[np.ix_(rows, cols)]
+
+
+@dataclass(frozen=True)
+class RegionMass:
+    """Share of a map's mass inside a region, its share of the area, and their ratio."""
+
+    mass_share: float
+    area_share: float
+
+    @property
+    def lift(self) -> float:
+        return self.mass_share / self.area_share if self.area_share > 0 else float("nan")
+
+
+def region_mass(grid_map: np.ndarray, mask: np.ndarray) -> RegionMass:
+    """Mass of a non-negative map [h, w] (any grid, even pixels) falling in `mask` [S, S]."""
+    pixels = upsample(np.asarray(grid_map, dtype=np.float64), mask.shape[0])
+    total = pixels.sum()
+    share = float(pixels[mask].sum() / total) if total > 0 else float("nan")
+    return RegionMass(share, float(mask.mean()))
+
+
+def masses(grid_map: np.ndarray, boxes: Mapping[str, list], size: int = 224) -> dict[str, RegionMass]:
+    """RegionMass of each region and of their union ('eyes+mouth')."""
+    masks = {name: region_mask(b, size) for name, b in boxes.items()}
+    masks["eyes+mouth"] = np.logical_or.reduce(list(masks.values()))
+    return {name: region_mass(grid_map, m) for name, m in masks.items()}
+
+
+# ---------------------------------------------------------------- attention from the dump
+
+
+@dataclass
+class ClipAttention:
+    """One clip's attention reduced to where (a spatial map summing to 1) and when (per time step)."""
+
+    clip: str
+    direction: str
+    spatial: np.ndarray  # [h, w]
+    temporal: np.ndarray  # [T'] (static_to_dynamic: flow steps) or [K] (dynamic_to_static: face frames)
+
+
+def reduce_attention(dump: Mapping[str, np.ndarray]) -> list[ClipAttention]:
+    """Per clip and direction, head- and query-averaged attention over the key tokens as maps.
+
+    static_to_dynamic: where the face tokens look in the flow clip (keys on the dynamic grid);
+    dynamic_to_static: where the motion tokens look on the face (keys on the static grid).
+    """
+    out: list[ClipAttention] = []
+    clips = [str(c) for c in dump["clips"]]
+    for i, clip in enumerate(clips):
+        n_dyn = int(dump["dynamic_tokens"][i]) if "dynamic_tokens" in dump else 0
+        if "static_to_dynamic" in dump and n_dyn:
+            t, h, w = (int(v) for v in dump["dynamic_grid"][i])
+            keys = dump["static_to_dynamic"][i][:, :, :n_dyn].mean(axis=(0, 1))  # [Ld]
+            grid = keys.reshape(t, h, w)
+            out.append(ClipAttention(clip, "static_to_dynamic", grid.sum(0), grid.sum(axis=(1, 2))))
+        if "dynamic_to_static" in dump and n_dyn:
+            k, h, w = (int(v) for v in dump["static_grid"])
+            keys = dump["dynamic_to_static"][i][:, :n_dyn, :].mean(axis=(0, 1))  # [Ls]
+            grid = keys.reshape(k, h, w)
+            out.append(ClipAttention(clip, "dynamic_to_static", grid.sum(0), grid.sum(axis=(1, 2))))
+    return out
+
+
+def attention_mass_report(
+    reduced: list[ClipAttention], boxes: Mapping[str, list], synthetic: bool
+) -> dict[str, object]:
+    """Mass share of each region per direction, averaged over clips, with each clip's figure."""
+    report: dict[str, object] = {
+        "synthetic": synthetic,
+        "note": "mass_share: share of attention on the region; area_share: its share of the crop; "
+        "lift = mass/area (1 = no preference). On synthetic data the trait-relevant motion is on the eyes "
+        "and mouth.",
+        "boxes": {k: [list(b) for b in v] for k, v in boxes.items()},
+    }
+    for direction in sorted({r.direction for r in reduced}):
+        maps = [r for r in reduced if r.direction == direction]
+        mean_map = np.mean([r.spatial for r in maps], axis=0)
+        per_clip = {r.clip: {k: m.mass_share for k, m in masses(r.spatial, boxes).items()} for r in maps}
+        report[direction] = {
+            "clips": len(maps),
+            "grid": list(mean_map.shape),
+            "mean_map": mean_map.tolist(),
+            "regions": {
+                k: {"mass_share": m.mass_share, "area_share": m.area_share, "lift": m.lift}
+                for k, m in masses(mean_map, boxes).items()
+            },
+            "per_clip": per_clip,
+        }
+    return report
+
+
+# ---------------------------------------------------------------- figures
+
+
+def display_map(grid_map: np.ndarray, size: int) -> np.ndarray:
+    """A map as a smooth [size, size] image for overlays (bilinear), scaled to [0, 1]."""
+    import cv2
+
+    img = cv2.resize(grid_map.astype(np.float32), (size, size), interpolation=cv2.INTER_LINEAR)
+    span = float(img.max() - img.min())
+    if span <= 1e-6 * max(float(np.abs(img).max()), 1e-12):  # a flat map has nothing to show
+        return np.zeros_like(img)
+    return (img - img.min()) / span
+
+
+def draw_boxes(ax: plt.Axes, boxes: Mapping[str, list], size: int) -> None:
+    for name, group in boxes.items():
+        for x0, y0, x1, y1 in group:
+            ax.add_patch(
+                Rectangle(
+                    (x0 * size, y0 * size),
+                    (x1 - x0) * size,
+                    (y1 - y0) * size,
+                    fill=False,
+                    lw=1.0,
+                    ls="--",
+                    edgecolor=REGION_COLOURS.get(name, "white"),
+                )
+            )
+
+
+def overlay(ax: plt.Axes, face: np.ndarray, grid_map: np.ndarray, boxes: Mapping[str, list] | None) -> None:
+    """The aligned face with the map over it (and the region boxes)."""
+    size = face.shape[0]
+    ax.imshow(face)
+    ax.imshow(display_map(grid_map, size), cmap="magma", alpha=0.5, vmin=0, vmax=1)
+    if boxes:
+        draw_boxes(ax, boxes, size)
+    bare(ax)
+
+
+def bare(ax: plt.Axes) -> None:
+    """No ticks, grid or spines (an image panel), but keep room for a y label."""
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.grid(False)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+
+
+DIRECTION_TITLES = {
+    "static_to_dynamic": "face → motion: where face tokens look in the flow",
+    "dynamic_to_static": "motion → face: where flow tokens look on the face",
+}
+
+
+def attention_overlays(
+    reduced: list[ClipAttention],
+    faces: Mapping[str, np.ndarray],
+    boxes: Mapping[str, list],
+    max_clips: int,
+) -> Figure:
+    """Per direction (rows): each clip's map over its middle face frame, then the mean over all clips."""
+    directions = sorted({r.direction for r in reduced})
+    clips = list(dict.fromkeys(r.clip for r in reduced))[:max_clips]
+    fig, axes = plt.subplots(
+        len(directions),
+        len(clips) + 1,
+        figsize=(1.8 * (len(clips) + 1), 2.0 * len(directions)),
+        squeeze=False,
+    )
+    mean_face = np.mean([faces[c] for c in faces], axis=0).astype(np.uint8)
+    for row, direction in zip(axes, directions, strict=True):
+        maps = {r.clip: r.spatial for r in reduced if r.direction == direction}
+        for ax, clip in zip(row[:-1], clips, strict=True):
+            overlay(ax, faces[clip], maps[clip], boxes)
+            ax.set_title(clip, fontsize=7)
+        mean_map = np.mean(list(maps.values()), axis=0)
+        overlay(row[-1], mean_face, mean_map, boxes)
+        share = masses(mean_map, boxes)["eyes+mouth"]
+        row[-1].set_title(
+            f"mean of {len(maps)}\neyes+mouth {share.mass_share:.0%} (area {share.area_share:.0%})"
+        )
+        row[0].set_ylabel(direction.replace("_", " "), fontsize=7)
+    fig.suptitle("; ".join(DIRECTION_TITLES[d] for d in directions), fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def attention_over_time(reduced: list[ClipAttention]) -> Figure:
+    """Attention mass per time step (flow steps or face frames) for each clip, and their mean."""
+    directions = sorted({r.direction for r in reduced})
+    fig, axes = plt.subplots(1, len(directions), figsize=(3.6 * len(directions), 2.5), squeeze=False)
+    for ax, direction in zip(axes[0], directions, strict=True):
+        series = [r.temporal for r in reduced if r.direction == direction]
+        for s in series:
+            ax.plot(np.arange(len(s)), s, color="#999999", lw=0.7, alpha=0.7)
+        longest = max(len(s) for s in series)
+        padded = np.full((len(series), longest), np.nan)
+        for i, s in enumerate(series):
+            padded[i, : len(s)] = s
+        ax.plot(np.arange(longest), np.nanmean(padded, axis=0), color=PALETTE[0], lw=2, label="mean")
+        unit = "flow token step" if direction == "static_to_dynamic" else "face frame"
+        ax.set_xlabel(unit)
+        ax.set_ylabel("attention mass")
+        ax.set_title(direction.replace("_", " "))
+        ax.legend(frameon=False)
+    fig.tight_layout()
+    return fig

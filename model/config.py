@@ -136,7 +136,6 @@ class AugmentConfig:
     brightness: float = 0.1
     contrast: float = 0.1
     saturation: float = 0.1
-    hue: float = 0.0
 
 
 @dataclass

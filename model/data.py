@@ -1,27 +1,28 @@
 """Clip dataset for the dual-stream network: K face frames plus a flow clip per item, and batching.
 
-Training samples frames with random offsets and augments both streams consistently (one flip,
-one crop window, colour jitter on faces only); evaluation samples deterministically and
-never augments. Flow clips of different lengths are zero-padded and masked in `collate`.
+Training samples frames with random offsets and augments both streams consistently in `collate`
+(one flip, one crop window per clip; colour jitter on faces only), batched for speed; evaluation
+samples deterministically and never augments. Flow clips of different lengths are zero-padded and masked in `collate`.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pandas as pd
 import torch
-import torchvision.transforms.v2 as T
+import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from model.config import DataConfig
+from model.config import AugmentConfig, DataConfig
 from stages.common import Clip
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,7 @@ class ClipArrays:
 
 @dataclass
 class Sample:
-    faces: Tensor  # float [K, 3, S, S], normalized
+    faces: Tensor  # uint8 [K, 3, S, S]
     flow: Tensor  # float [T, 2, F, F], pixels
     target: Tensor  # float [n_outputs] (NaN when unlabelled)
     clip: str
@@ -105,23 +106,48 @@ def flow_window(steps: int, length: int, random: bool) -> slice:
     return slice(start, start + length)
 
 
-def hflip(faces: Tensor, flow: Tensor) -> tuple[Tensor, Tensor]:
-    """Mirror both streams; a mirrored motion moves the other way in x."""
-    flow = flow.flip(-1).clone()
-    flow[:, 0] = -flow[:, 0]
-    return faces.flip(-1), flow
+def augment_batch(
+    faces: Tensor, flow: Tensor, flow_mask: Tensor, aug: AugmentConfig
+) -> tuple[Tensor, Tensor]:
+    """Random flip, crop and colour jitter per clip, the same window on faces and flow.
+
+    faces float [B, K, 3, S, S] in [0, 1]; flow [B, T, 2, F, F] in pixels. One affine grid per
+    clip does the crop (a square window of relative side s, resized back) and the mirror; the
+    flow is zoomed by 1/s with it and its x component negated where mirrored.
+    """
+    bsz = faces.shape[0]
+    side = aug.crop + (1.0 - aug.crop) * torch.rand(bsz) if aug.crop < 1.0 else torch.ones(bsz)
+    centre = (1.0 - side)[:, None] * (2.0 * torch.rand(bsz, 2) - 1.0)  # window stays inside the image
+    sign = torch.where(torch.rand(bsz) < aug.flip, -1.0, 1.0)
+    theta = torch.zeros(bsz, 2, 3)
+    theta[:, 0, 0], theta[:, 1, 1] = side * sign, side
+    theta[:, :, 2] = centre
+    if (side < 1).any() or (sign < 0).any():
+        faces = _warp(faces, theta)
+        flow = _warp(flow, theta) / side[:, None, None, None, None]
+        flow[:, :, 0] *= sign[:, None, None, None]
+        flow = flow * flow_mask[:, :, None, None, None]
+    jitter = torch.tensor([aug.brightness, aug.contrast, aug.saturation])
+    if jitter.any():  # one factor per clip for all its frames, as ColorJitter on one image
+        b, c, s = (1.0 + jitter * (2.0 * torch.rand(bsz, 3) - 1.0)).view(bsz, 3, 1, 1, 1, 1).unbind(1)
+        faces = (faces * b).clamp(0, 1)
+        mean = _gray(faces).mean((1, 2, 3, 4), keepdim=True)
+        faces = ((faces - mean) * c + mean).clamp(0, 1)
+        gray = _gray(faces)
+        faces = (gray + (faces - gray) * s).clamp(0, 1)
+    return faces, flow
 
 
-def shared_crop(faces: Tensor, flow: Tensor, scale: float, x0: float, y0: float) -> tuple[Tensor, Tensor]:
-    """Crop the same relative square window from faces and flow and resize back; flow grows with the zoom."""
-    out = []
-    for x in (faces, flow):
-        side = x.shape[-1]
-        crop = max(1, round(scale * side))
-        top, left = round(y0 * (side - crop)), round(x0 * (side - crop))
-        out.append(TF.resized_crop(x, top, left, crop, crop, [side, side], antialias=True))
-    faces_c, flow_c = out
-    return faces_c, flow_c * (flow.shape[-1] / max(1, round(scale * flow.shape[-1])))
+def _gray(faces: Tensor) -> Tensor:
+    return TF.rgb_to_grayscale(faces.flatten(0, 1)).view(*faces.shape[:2], 1, *faces.shape[-2:])
+
+
+def _warp(x: Tensor, theta: Tensor) -> Tensor:
+    """Resample [B, N, C, H, W] with one affine grid per clip shared by its N frames."""
+    theta = theta.repeat_interleave(x.shape[1], dim=0)
+    flat = x.flatten(0, 1)
+    grid = F.affine_grid(theta, list(flat.shape), align_corners=False)
+    return F.grid_sample(flat, grid, mode="bilinear", padding_mode="border", align_corners=False).view_as(x)
 
 
 class ClipDataset(Dataset):
@@ -142,11 +168,6 @@ class ClipDataset(Dataset):
         self.train = train
         self.targets = self._targets(labels)
         self.cache: dict[str, ClipArrays] = {}
-        aug = cfg.augment
-        jitter = (aug.brightness, aug.contrast, aug.saturation, aug.hue)
-        self.jitter = T.ColorJitter(*jitter) if train and any(jitter) else None
-        self.mean = torch.tensor(cfg.mean).view(1, 3, 1, 1)
-        self.std = torch.tensor(cfg.std).view(1, 3, 1, 1)
 
     def _targets(self, labels: pd.DataFrame | None) -> np.ndarray:
         cols = list(self.cfg.label_columns)
@@ -170,7 +191,7 @@ class ClipDataset(Dataset):
         return arrays
 
     def preload(self) -> dict[str, str]:
-        """Decode every clip now (cached ones are shared with forked workers); drop unreadable clips.
+        """Decode every clip now (cached, when cfg.cache, and shared with forked workers); drop unreadable ones.
 
         Returns the dropped clips with their reasons.
         """
@@ -194,34 +215,28 @@ class ClipDataset(Dataset):
         faces = torch.from_numpy(a.faces[idx]).permute(0, 3, 1, 2)  # (K, 3, S, S) uint8
         window = flow_window(a.flow.shape[0], self.cfg.flow_steps, random=self.train)
         flow = torch.from_numpy(a.flow[window]).permute(0, 3, 1, 2)  # (T, 2, F, F)
-        if self.train:
-            faces, flow = self.augment(faces, flow)
-        faces = (faces.float() / 255.0 - self.mean) / self.std
         return Sample(faces, flow.contiguous(), torch.from_numpy(self.targets[i]), self.clips[i].name)
 
-    def augment(self, faces: Tensor, flow: Tensor) -> tuple[Tensor, Tensor]:
-        aug = self.cfg.augment
-        if aug.crop < 1.0:
-            scale = aug.crop + (1.0 - aug.crop) * torch.rand(()).item()
-            x0, y0 = torch.rand(2).tolist()
-            faces, flow = shared_crop(faces, flow, scale, x0, y0)
-        if torch.rand(()).item() < aug.flip:
-            faces, flow = hflip(faces, flow)
-        if self.jitter is not None:
-            faces = self.jitter(faces)  # one set of factors for all K frames
-        return faces, flow
 
+def collate(batch: list[Sample], cfg: DataConfig | None = None, train: bool = False) -> Batch:
+    """Stack samples, zero-padding flow clips to the longest and masking the padding.
 
-def collate(batch: list[Sample]) -> Batch:
-    """Stack samples, zero-padding flow clips to the longest and masking the padding."""
+    Faces are scaled to [0, 1], augmented with `cfg.augment` when `train`, then normalized
+    with cfg.mean/std (DataConfig defaults when cfg is None).
+    """
+    cfg = cfg or DataConfig()
     t_max = max(s.flow.shape[0] for s in batch)
     flow = batch[0].flow.new_zeros((len(batch), t_max, *batch[0].flow.shape[1:]))
     mask = torch.zeros(len(batch), t_max, dtype=torch.bool)
     for i, s in enumerate(batch):
         flow[i, : s.flow.shape[0]] = s.flow
         mask[i, : s.flow.shape[0]] = True
+    faces = torch.stack([s.faces for s in batch]).float() / 255.0  # (B, K, 3, S, S)
+    if train:
+        faces, flow = augment_batch(faces, flow, mask, cfg.augment)
+    mean, std = torch.tensor(cfg.mean).view(3, 1, 1), torch.tensor(cfg.std).view(3, 1, 1)
     return Batch(
-        faces=torch.stack([s.faces for s in batch]),
+        faces=(faces - mean) / std,
         flow=flow,
         flow_mask=mask,
         target=torch.stack([s.target for s in batch]),
@@ -242,7 +257,7 @@ def make_loader(dataset: ClipDataset, batch_size: int, shuffle: bool, workers: i
         batch_size=batch_size,
         shuffle=shuffle,
         num_workers=workers,
-        collate_fn=collate,
+        collate_fn=partial(collate, cfg=dataset.cfg, train=dataset.train),
         generator=generator,
         worker_init_fn=_seed_worker if workers > 0 else None,
         persistent_workers=workers > 0,

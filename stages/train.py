@@ -1,0 +1,119 @@
+"""Stage train: fit the dual-stream network on the train split, validate each epoch, keep checkpoints.
+
+Reads params `model` and `train` (and records `faces`/`flow` in the checkpoints); writes
+data/model/{best,last}.pt, dvclive logs under reports/train/ and reports/train.json.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from dvclive import Live
+
+from model.config import DataConfig, ModelConfig, TrainConfig
+from model.data import ClipDataset, make_loader
+from model.training import RunConfigs, resolve_device, seed_everything, train
+from stages.common import (
+    REPORTS_DIR,
+    Clip,
+    load_params,
+    read_labels,
+    remove_partials,
+    resolve_workers,
+    setup_logging,
+    write_json,
+)
+
+REPORT = REPORTS_DIR / "train.json"
+
+
+def available_clips(
+    labels_split: list[Clip], faces_dir: Path, flow_dir: Path
+) -> tuple[list[Clip], dict[str, str]]:
+    """Clips whose faces and flow files both exist; the others with the reason."""
+    keep, missing = [], {}
+    for clip in labels_split:
+        absent = [
+            what for what, root in (("faces", faces_dir), ("flow", flow_dir)) if not clip.path(root).exists()
+        ]
+        if absent:
+            missing[clip.name] = f"no {' and '.join(absent)} file"
+        else:
+            keep.append(clip)
+    return keep, missing
+
+
+def flat(prefix: str, d: dict[str, Any]) -> dict[str, Any]:
+    """Nested params as dotted keys, for dvclive's params log."""
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        name = f"{prefix}.{key}"
+        out.update(flat(name, value) if isinstance(value, dict) else {name: value})
+    return out
+
+
+def main() -> None:
+    log = setup_logging("train")
+    params = load_params()
+    tcfg = TrainConfig.from_params(params["train"])
+    configs = RunConfigs(
+        model=ModelConfig.from_params(params["model"]),
+        data=DataConfig.from_params(params),
+        train=tcfg,
+        preprocess={k: params.get(k, {}) for k in ("faces", "flow")},
+    )
+    torch.set_num_threads(tcfg.threads or resolve_workers(0))
+    seed_everything(tcfg.seed, tcfg.deterministic)
+    faces_dir, flow_dir, out_dir = Path(tcfg.faces_dir), Path(tcfg.flow_dir), Path(tcfg.out_dir)
+    if out_dir.exists():
+        remove_partials(out_dir)
+
+    labels = read_labels(tcfg.labels)
+    datasets, skipped = {}, {}
+    for split in ("train", "val"):
+        rows = labels[labels["split"] == split]
+        clips, missing = available_clips([Clip(c, split) for c in rows["clip"]], faces_dir, flow_dir)
+        ds = ClipDataset(faces_dir, flow_dir, clips, labels, configs.data, train=split == "train")
+        missing.update(ds.preload())
+        skipped[split] = missing
+        datasets[split] = ds
+        log.info("%s: %d clips (%d skipped)", split, len(ds), len(missing))
+        if len(ds) == 0:
+            raise SystemExit(f"train: no usable {split} clips in {faces_dir} and {flow_dir}")
+
+    train_loader = make_loader(datasets["train"], tcfg.batch_size, True, tcfg.workers, tcfg.seed)
+    val_loader = make_loader(datasets["val"], tcfg.batch_size, False, tcfg.workers, tcfg.seed)
+    start = time.perf_counter()
+    with Live(tcfg.live_dir, resume=tcfg.resume, save_dvc_exp=False, dvcyaml=None) as live:
+        live.log_params({**flat("model", params["model"]), **flat("train", params["train"])})
+        result = train(configs, train_loader, val_loader, out_dir, live)
+    seconds = time.perf_counter() - start
+    last = result.history[-1] if result.history else {}
+    write_json(
+        REPORT,
+        {
+            "device": str(resolve_device(tcfg.device)),
+            "threads": torch.get_num_threads(),
+            "clips": {split: len(ds) for split, ds in datasets.items()},
+            "skipped": {split: len(s) for split, s in skipped.items()},
+            "skipped_clips": skipped,
+            "best_val_1mae_mean": result.best_score,
+            "best_epoch": result.best_epoch + 1,
+            "epochs_run": result.epochs_run,
+            "stopped_early": result.stopped_early,
+            "seconds": seconds,
+            "train_clips_per_second": last.get("train/clips_per_second"),
+            "peak_rss_mb": last.get("memory/peak_rss_mb"),
+            "checkpoints": {"best": str(out_dir / "best.pt"), "last": str(out_dir / "last.pt")},
+        },
+    )
+    log.info(
+        "best val mean 1-MAE %.4f at epoch %d; %.0f s", result.best_score, result.best_epoch + 1, seconds
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,177 @@
+"""The dual-stream network: shapes, masking, attention, gradients, ablations, pretrained loading, freezing."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+import torchvision
+
+from model.config import ModelConfig
+from model.network import build_model, freeze_prefixes, load_pretrained
+from stages.common import LABEL_COLUMNS, TRAITS
+
+TINY = {
+    "head_hidden": 16,
+    "static": {"frames": 2, "input_size": 64},
+    "dynamic": {"input_size": 16, "channels": 4, "blocks": 2},
+    "fusion": {"dim": 16, "heads": 2},
+}
+
+
+def tiny_cfg(**over: dict) -> ModelConfig:
+    d = {k: dict(v) if isinstance(v, dict) else v for k, v in TINY.items()}
+    for key, value in over.items():
+        if isinstance(value, dict):
+            d.setdefault(key, {}).update(value)
+        else:
+            d[key] = value
+    return ModelConfig.from_params(d)
+
+
+def inputs(cfg: ModelConfig, lengths: list[int], seed: int = 0) -> tuple[torch.Tensor, ...]:
+    g = torch.Generator().manual_seed(seed)
+    b, t = len(lengths), max(lengths)
+    s, f = cfg.static.input_size, cfg.dynamic.input_size
+    faces = torch.randn(b, cfg.static.frames, 3, s, s, generator=g)
+    flow = torch.randn(b, t, 2, f, f, generator=g)
+    mask = torch.arange(t)[None, :] < torch.tensor(lengths)[:, None]
+    return faces, flow * mask[:, :, None, None, None], mask
+
+
+def test_output_shapes_and_range() -> None:
+    cfg = tiny_cfg()
+    out = build_model(cfg).eval()(*inputs(cfg, [6, 4]), return_attention=True)
+    assert out.pred.shape == (2, len(TRAITS))
+    assert ((out.pred > 0) & (out.pred < 1)).all()
+    assert out.static_grid == (2, 2, 2)  # 64 px / 32 = 2x2 tokens per frame
+    t, h, w = out.dynamic_grid
+    assert out.dynamic_mask.shape == (2, t * h * w)
+    assert out.static_emb.shape == out.dynamic_emb.shape == (2, cfg.fusion.dim)
+    ls = 2 * 2 * 2
+    assert out.attention["static_to_dynamic"].shape == (2, cfg.fusion.heads, ls, t * h * w)
+    assert out.attention["dynamic_to_static"].shape == (2, cfg.fusion.heads, t * h * w, ls)
+
+
+@pytest.mark.parametrize("backbone", ["light3d", "r3d_18"])
+def test_padding_never_changes_a_prediction(backbone: str) -> None:
+    cfg = tiny_cfg(dynamic={"backbone": backbone})
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    faces, flow, mask = inputs(cfg, [5, 11])
+    with torch.no_grad():
+        batched = model(faces, flow, mask).pred
+        alone = model(faces[:1], flow[:1, :5], mask[:1, :5]).pred
+    torch.testing.assert_close(batched[0], alone[0], atol=1e-5, rtol=0)
+    assert not torch.allclose(batched[0], batched[1])
+
+
+def test_attention_sums_to_one_and_ignores_padding() -> None:
+    cfg = tiny_cfg(fusion={"layers": 2})
+    with torch.no_grad():
+        out = build_model(cfg).eval()(*inputs(cfg, [3, 9]), return_attention=True)
+    s2d, d2s = out.attention["static_to_dynamic"], out.attention["dynamic_to_static"]
+    torch.testing.assert_close(s2d.sum(-1), torch.ones(s2d.shape[:-1]))
+    padded = ~out.dynamic_mask[0]
+    assert padded.any()
+    assert s2d[0][..., padded].abs().max() == 0
+    torch.testing.assert_close(d2s.sum(-1), torch.ones(d2s.shape[:-1]))
+
+
+def test_gradients_reach_both_streams() -> None:
+    cfg = tiny_cfg()
+    model = build_model(cfg).train()
+    model(*inputs(cfg, [4, 6])).pred.sum().backward()
+    for stream in (model.static, model.dynamic):
+        grads = [p.grad for p in stream.backbone.parameters()]
+        assert all(g is not None for g in grads)
+        assert sum(g.abs().sum() for g in grads) > 0
+
+
+ABLATIONS = [
+    {"fusion": {"type": "concat"}},
+    {"fusion": {"type": "add"}},
+    {"streams": "static"},
+    {"streams": "dynamic"},
+    {"fusion": {"direction": "static_to_dynamic"}},
+    {"fusion": {"direction": "dynamic_to_static"}},
+    {"fusion": {"residual": False, "norm": False}},
+    {"fusion": {"heads": 4, "layers": 2}},
+    {"outputs": "traits_interview"},
+    {"static": {"backbone": "resnet34", "input_size": 32}},
+    {"static": {"backbone": "resnet50", "input_size": 32}},
+    {"dynamic": {"backbone": "r2plus1d_18", "input_size": 32}},  # BN needs >1 value per channel
+]
+
+
+@pytest.mark.parametrize("over", ABLATIONS, ids=lambda d: str(d).replace(" ", ""))
+def test_every_ablation_builds_and_trains_a_step(over: dict) -> None:
+    cfg = tiny_cfg(**over)
+    torch.manual_seed(0)
+    model = build_model(cfg).train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    faces, flow, mask = inputs(cfg, [4, 6])
+    out = model(faces, flow, mask, return_attention=True)
+    assert out.pred.shape == (2, len(LABEL_COLUMNS) if cfg.outputs == "traits_interview" else len(TRAITS))
+    assert (out.static_emb is None) == (cfg.streams == "dynamic")
+    assert (out.dynamic_emb is None) == (cfg.streams == "static")
+    has_attention = cfg.streams == "both" and cfg.fusion.type == "cross_attention"
+    assert bool(out.attention) == has_attention
+    before = [p.detach().clone() for p in model.head.parameters()]
+    out.pred.sum().backward()
+    opt.step()
+    assert any(not torch.equal(b, p) for b, p in zip(before, model.head.parameters(), strict=True))
+
+
+def test_output_prior_sets_the_initial_prediction() -> None:
+    cfg = tiny_cfg()
+    model = build_model(cfg).eval()
+    torch.nn.init.zeros_(model.head[-1].weight)
+    mean = torch.tensor([0.2, 0.4, 0.5, 0.6, 0.8])
+    model.set_output_prior(mean)
+    with torch.no_grad():
+        torch.testing.assert_close(model(*inputs(cfg, [4])).pred[0], mean)
+
+
+def test_pretrained_state_dict_loads_and_reports_keys(tmp_path, caplog) -> None:
+    reference = torchvision.models.resnet18(weights=None)
+    state = reference.state_dict()
+    del state["layer4.1.bn2.weight"]
+    state["extra.weight"] = torch.zeros(3)
+    path = tmp_path / "resnet18.pth"
+    torch.save(state, path)
+    with caplog.at_level(logging.WARNING, logger="model.network"):
+        model = build_model(tiny_cfg(static={"pretrained": str(path)}))
+    assert "layer4.1.bn2.weight" in caplog.text
+    assert "extra.weight" in caplog.text
+    assert torch.equal(model.static.backbone.conv1.weight, reference.conv1.weight)
+    result = load_pretrained(torchvision.models.resnet18(weights=None), path)
+    assert result.missing_keys == ["layer4.1.bn2.weight"]
+    assert result.unexpected_keys == ["extra.weight"]
+
+
+def test_freeze_prefixes() -> None:
+    assert freeze_prefixes("upto:layer2") == ["conv1", "bn1", "layer1", "layer2"]
+    assert freeze_prefixes(" conv1, layer4 ") == ["conv1", "layer4"]
+    assert freeze_prefixes("") == []
+    with pytest.raises(ValueError):
+        freeze_prefixes("upto:layer9")
+
+
+def test_frozen_layers_do_not_change() -> None:
+    cfg = tiny_cfg(static={"freeze": "upto:layer2"})
+    model = build_model(cfg)
+    backbone = model.static.backbone
+    assert not any(p.requires_grad for p in backbone.layer2.parameters())
+    assert all(p.requires_grad for p in backbone.layer3.parameters())
+    frozen = {
+        k: v.clone() for k, v in backbone.state_dict().items() if k.startswith(("conv1", "bn1", "layer1"))
+    }
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    model.train()
+    model(*inputs(cfg, [4, 6])).pred.sum().backward()
+    opt.step()
+    after = backbone.state_dict()
+    assert all(torch.equal(v, after[k]) for k, v in frozen.items())  # weights and BN running stats
+    assert backbone.bn1.training is False and backbone.layer3[0].bn1.training is True

@@ -1,0 +1,468 @@
+"""predict: Big Five scores for any video, through the pipeline's own stage functions and the checkpoint's params.
+
+    python -m stages.predict CLIP|DIR [CLIP|DIR ...] [--model PATH] [--out FILE] [--explain DIR] [--fast]
+
+Each clip goes through extract-frames (`sample_frames`, the WebP round trip of its storage),
+align-faces (`align_clip`) and compute-flow (`clip_flow`) with the `frames`, `faces` and `flow`
+params stored in the checkpoint, then through the evaluation's own batching (`ClipDataset`,
+`collate`), so a clip is preprocessed exactly as in training. `--fast` trades that identity for
+speed (see FastConfig). Output: JSON (stdout or --out) or, when a folder is given or --out ends
+in .csv, CSV; a failed clip is a row with its error, and the exit status is 1 if any clip failed.
+
+Start-up (importing TensorFlow and torch, building MTCNN, loading the model) costs seconds once
+per process: pass many clips or a folder to one command, or hold a `Predictor` in library code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import logging
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from model.config import DataConfig
+from model.data import Batch, ClipDataset, collate, frame_indices, load_clip_arrays
+from model.training import load_checkpoint, resolve_device
+from stages.align_faces import AlignConfig, FaceDetector, align_clip, make_detector
+from stages.common import Clip, SkipClip, atomic_path, load_params, setup_logging
+from stages.compute_flow import Flow, clip_flow, estimator_from
+from stages.extract_frames import Frames, check_frames, decode_frames, encode_frames, sample_frames
+from stages.fast_align import align_fast
+from stages.fast_decode import decode_sampled
+
+log = logging.getLogger(__name__)
+
+# Used only when a checkpoint predates storing the `frames` section and no params.yaml is at hand.
+FRAMES_DEFAULTS: dict[str, Any] = {
+    "fps": 5,
+    "max_side": 640,
+    "codec": "webp",
+    "quality": 85,
+    "min_frames": 8,
+    "min_coverage": 0.9,
+}
+STEPS = ("decode", "detect", "align", "flow", "forward")
+
+
+@dataclass(frozen=True)
+class FastConfig:
+    """What `--fast` changes from the pipeline's preprocessing, and nothing else.
+
+    Frames are decoded with PyAV, skipping unreferenced frames (a sample may move by a frame or
+    two), and not WebP round-tripped; MTCNN runs on `detections` evenly spaced frames, plus up to
+    `max_detections` in all where the landmarks' Lucas-Kanade tracks between two sightings part
+    by more than `tolerance` face sides (stages/fast_align.py). Flow and the network are unchanged.
+    """
+
+    detections: int = 8
+    max_detections: int = 12
+    tolerance: float = 0.1
+    skip_nonref: bool = True
+
+
+@dataclass(frozen=True)
+class PredictParams:
+    """The `predict` params section (every key optional)."""
+
+    model: str = "data/model/best.pt"
+    device: str = "cpu"  # cpu | cuda | auto (torch); MTCNN runs on the faces section's device
+    threads: int = 0  # torch and TensorFlow CPU threads; 0: their defaults
+    fast_detections: int = FastConfig.detections
+    fast_max_detections: int = FastConfig.max_detections
+    fast_tolerance: float = FastConfig.tolerance
+    fast_skip_nonref: bool = FastConfig.skip_nonref
+
+    @classmethod
+    def load(cls, path: str | Path = "params.yaml") -> PredictParams:
+        """The section from `path` when it exists and has one, else the defaults."""
+        try:
+            section = load_params("predict", path)
+        except (OSError, KeyError):
+            return cls()
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in (section or {}).items() if k in names})
+
+    def fast(self) -> FastConfig:
+        return FastConfig(
+            detections=self.fast_detections,
+            max_detections=self.fast_max_detections,
+            tolerance=self.fast_tolerance,
+            skip_nonref=self.fast_skip_nonref,
+        )
+
+
+@dataclass
+class Preprocess:
+    """The params sections that shape a clip's inputs: those stored in the checkpoint."""
+
+    frames: dict[str, Any]
+    faces: dict[str, Any]
+    flow: dict[str, Any]
+
+    @classmethod
+    def from_checkpoint(cls, stored: dict[str, Any], params_path: str | Path = "params.yaml") -> Preprocess:
+        """The checkpoint's sections; a missing `frames` section falls back to params.yaml, then to defaults."""
+        missing = [k for k in ("faces", "flow") if not stored.get(k)]
+        if missing:
+            raise ValueError(
+                f"checkpoint stores no {' and '.join(missing)} params: cannot preprocess like training"
+            )
+        frames = stored.get("frames")
+        if not frames:
+            try:
+                frames = load_params("frames", params_path)
+                log.warning("checkpoint has no frames params: using those of %s", params_path)
+            except (OSError, KeyError):
+                frames = FRAMES_DEFAULTS
+                log.warning("checkpoint has no frames params and %s none: using the defaults", params_path)
+        return cls(dict(frames), dict(stored["faces"]), dict(stored["flow"]))
+
+
+@dataclass
+class ClipFeatures:
+    """What the network's inputs are made from: aligned faces, their validity and their flow."""
+
+    faces: np.ndarray  # uint8 [T, S, S, 3]
+    valid: np.ndarray  # bool [T]
+    flow: Flow
+    timestamps: np.ndarray  # float64 [T] seconds
+
+    @property
+    def detection_rate(self) -> float:
+        return float(self.valid.mean()) if len(self.valid) else 0.0
+
+
+@dataclass
+class ClipPrediction:
+    """One clip's outcome: scores in [0, 1] by output name, or the error that stopped it."""
+
+    clip: str
+    path: str
+    ok: bool
+    scores: dict[str, float] = field(default_factory=dict)
+    detection_rate: float | None = None
+    seconds: float = 0.0
+    timings: dict[str, float] = field(default_factory=dict)
+    error: str = ""
+    explain: str = ""
+
+    def row(self, columns: Sequence[str]) -> dict[str, Any]:
+        """A flat CSV row: clip, path, ok, each output (empty when failed), detection rate, seconds, error."""
+        row: dict[str, Any] = {"clip": self.clip, "path": self.path, "ok": self.ok}
+        row.update({c: "" if c not in self.scores else round(self.scores[c], 6) for c in columns})
+        rate = "" if self.detection_rate is None else round(self.detection_rate, 4)
+        row.update(
+            detection_rate=rate, seconds=round(self.seconds, 3), error=self.error, explain=self.explain
+        )
+        return row
+
+
+class TimedDetector:
+    """A FaceDetector that passes calls through and counts the images and seconds spent in them."""
+
+    def __init__(self, detector: FaceDetector) -> None:
+        self.detector = detector
+        self.seconds = 0.0
+        self.images = 0
+
+    def reset(self) -> None:
+        self.seconds, self.images = 0.0, 0
+
+    def detect_faces(self, image: Any, **kwargs: Any) -> Any:
+        start = time.perf_counter()
+        self.images += len(image) if isinstance(image, list) else 1
+        try:
+            return self.detector.detect_faces(image, **kwargs)
+        finally:
+            self.seconds += time.perf_counter() - start
+
+
+# ---------------------------------------------------------------- pure functions on one clip
+
+
+def read_frames(video: str | Path, frames_params: dict[str, Any], fast: FastConfig | None) -> Frames:
+    """Frames (RGB [T, H, W, 3] and timestamps) as align-faces would read them from extract-frames' output.
+
+    Exact: sample_frames, the clip checks, then the storage codec's encode-decode round trip.
+    Fast: PyAV decoding (see FastConfig), the same checks, no round trip.
+    """
+    p = frames_params
+    if fast is None:
+        frames = sample_frames(video, p["fps"], p["max_side"])
+        check_frames(frames, p["min_frames"], p["min_coverage"])
+        frames.frames = decode_frames(*encode_frames(frames.frames, p["codec"], p["quality"]))
+        return frames
+    frames = decode_sampled(
+        video, p["fps"], p["max_side"], skip_nonref=fast.skip_nonref, min_coverage=p["min_coverage"]
+    )
+    check_frames(frames, p["min_frames"], 0.0)
+    return frames
+
+
+def check_flow_input(valid: np.ndarray, min_frames: int) -> None:
+    """compute-flow's checks on an aligned clip: long enough, and two consecutive valid faces."""
+    if len(valid) < max(2, min_frames):
+        raise SkipClip(f"too short: {len(valid)} faces, fewer than {max(2, min_frames)}")
+    if not np.any(valid[:-1] & valid[1:]):
+        raise SkipClip("no two consecutive valid faces")
+
+
+def model_batch(features: ClipFeatures, data_cfg: DataConfig, name: str = "clip") -> Batch:
+    """The evaluation's batch of one clip: load_clip_arrays on the would-be npz files, ClipDataset, collate."""
+    faces_npz, flow_npz = io.BytesIO(), io.BytesIO()
+    np.savez(faces_npz, faces=features.faces, valid=features.valid)
+    f = features.flow
+    np.savez(flow_npz, flow=f.flow, scale=np.float32(f.scale), valid=f.valid)
+    faces_npz.seek(0)
+    flow_npz.seek(0)
+    arrays = load_clip_arrays(faces_npz, flow_npz, data_cfg.static_size, data_cfg.flow_size)
+    dataset = ClipDataset(Path(), Path(), [Clip(name, "predict")], None, data_cfg, train=False)
+    dataset.cache[name] = arrays
+    return collate([dataset[0]])
+
+
+def attention_maps(attention: torch.Tensor, static_grid: tuple[int, int, int], dynamic_grid: tuple[int, ...],
+                   n_real: int) -> np.ndarray:  # fmt: skip
+    """Per face frame k, where its tokens look in the flow: [K, h, w] on the flow grid (each sums to 1).
+
+    `attention` is one clip's static-to-dynamic weights [heads, Ls, Ld]; flow is computed on the
+    aligned faces, so the flow grid lies on the face.
+    """
+    k, hs, ws = static_grid
+    _, h, w = dynamic_grid
+    weights = attention[:, :, :n_real].float().mean(0).cpu().numpy()  # (Ls, n_real)
+    weights = weights.reshape(k, hs * ws, n_real // (h * w), h, w)
+    return weights.mean(1).sum(1)  # (K, h, w)
+
+
+def overlay_png(faces: np.ndarray, maps: np.ndarray, side: int = 224) -> bytes:
+    """The K faces side by side, each under its attention map (magma, min-max over all maps), as PNG."""
+    low, span = float(maps.min()), float(maps.max() - maps.min())
+    scaled = (maps - low) / span if span > 1e-9 * max(abs(low), 1.0) else np.zeros_like(maps)
+    tiles = []
+    for face, grid in zip(faces, scaled, strict=True):
+        face = cv2.resize(face, (side, side), interpolation=cv2.INTER_LINEAR)
+        heat = cv2.resize(grid.astype(np.float32), (side, side), interpolation=cv2.INTER_LINEAR)
+        heat = cv2.applyColorMap(np.clip(heat * 255, 0, 255).astype(np.uint8), cv2.COLORMAP_MAGMA)
+        tiles.append(cv2.addWeighted(cv2.cvtColor(face, cv2.COLOR_RGB2BGR), 0.6, heat, 0.4, 0.0))
+    ok, png = cv2.imencode(".png", np.concatenate(tiles, axis=1))
+    if not ok:
+        raise RuntimeError("PNG encoding failed")
+    return png.tobytes()
+
+
+def expand_inputs(items: Iterable[str | Path]) -> list[Path]:
+    """Paths as given; a directory becomes its .mp4 files (sorted, case-insensitive suffix)."""
+    out: list[Path] = []
+    for item in map(Path, items):
+        if item.is_dir():
+            out.extend(sorted(p for p in item.iterdir() if p.suffix.lower() == ".mp4" and p.is_file()))
+        else:
+            out.append(item)
+    return out
+
+
+# ---------------------------------------------------------------- the predictor
+
+
+class Predictor:
+    """A loaded model with its detector and flow estimator: build once, then predict any number of clips."""
+
+    def __init__(
+        self,
+        checkpoint: str | Path,
+        device: str = "cpu",
+        fast: FastConfig | None = None,
+        threads: int = 0,
+        params_path: str | Path = "params.yaml",
+    ) -> None:
+        if threads > 0:
+            torch.set_num_threads(threads)
+        self.device = resolve_device(device)
+        self.model, self.configs, _ = load_checkpoint(checkpoint, self.device)
+        self.columns = self.configs.model.label_columns
+        self.pre = Preprocess.from_checkpoint(self.configs.preprocess, params_path)
+        self.align_cfg = AlignConfig.from_params(self.pre.faces)
+        self.detector = TimedDetector(make_detector(self.pre.faces.get("device", "CPU:0"), threads))
+        self.estimator = estimator_from(self.pre.flow)
+        self.fast = fast
+
+    def features(self, video: str | Path, timings: dict[str, float] | None = None) -> ClipFeatures:
+        """Frames, aligned faces and flow of one video; raises SkipClip for an unusable one."""
+        timings = {} if timings is None else timings
+        start = time.perf_counter()
+        frames = read_frames(video, self.pre.frames, self.fast)
+        timings["decode"] = time.perf_counter() - start
+        self.detector.reset()
+        start = time.perf_counter()
+        if self.fast is None:
+            track = align_clip(frames.frames, self.detector, self.align_cfg)
+        else:
+            f = self.fast
+            track = align_fast(
+                frames.frames, self.detector, self.align_cfg, f.detections, f.max_detections, f.tolerance
+            )
+        timings["detect"] = self.detector.seconds
+        timings["align"] = time.perf_counter() - start - self.detector.seconds
+        start = time.perf_counter()
+        check_flow_input(track.valid, self.pre.flow.get("min_frames", 2))
+        flow = clip_flow(
+            track.faces, self.estimator, self.pre.flow["size"], self.pre.flow["bound"], track.valid
+        )
+        timings["flow"] = time.perf_counter() - start
+        return ClipFeatures(track.faces, track.valid, flow, frames.timestamps)
+
+    def predict(self, video: str | Path, explain_dir: str | Path | None = None) -> ClipPrediction:
+        """Scores for one video; a bad video gives ok=False and its error, never an exception."""
+        video = Path(video)
+        result = ClipPrediction(clip=video.stem, path=str(video), ok=False)
+        start = time.perf_counter()
+        try:
+            features = self.features(video, result.timings)
+            result.detection_rate = features.detection_rate
+            t0 = time.perf_counter()
+            batch = model_batch(features, self.configs.data, video.stem).to(self.device)
+            with torch.inference_mode():
+                out = self.model(
+                    batch.faces, batch.flow, batch.flow_mask, return_attention=explain_dir is not None
+                )
+            pred = out.pred[0].float().cpu().numpy()
+            result.timings["forward"] = time.perf_counter() - t0
+            if not np.all(np.isfinite(pred)):
+                raise SkipClip("the model gave non-finite scores")
+            result.scores = {c: float(v) for c, v in zip(self.columns, pred, strict=True)}
+            result.ok = True
+            if explain_dir is not None:
+                result.explain = self._explain(features, out, Path(explain_dir) / f"{video.stem}.png")
+        except SkipClip as exc:
+            result.error = str(exc)
+        except Exception as exc:  # one bad clip must never stop the others
+            log.exception("%s failed", video)
+            result.error = f"{type(exc).__name__}: {exc}"
+        result.seconds = time.perf_counter() - start
+        result.timings = {k: round(v, 4) for k, v in result.timings.items()}
+        if not result.ok:
+            log.warning("%s: %s", video, result.error)
+        return result
+
+    def predict_many(
+        self, videos: Sequence[str | Path], explain_dir: str | Path | None = None, progress: bool = True
+    ) -> list[ClipPrediction]:
+        """predict() over the videos in order, with a progress bar."""
+        bar = tqdm(videos, desc="predict", unit="clip", disable=not progress or len(videos) < 2)
+        return [self.predict(v, explain_dir) for v in bar]
+
+    def _explain(self, features: ClipFeatures, out: Any, path: Path) -> str:
+        """Save the overlay PNG of one clip; returns its path, or an 'unavailable: ...' note."""
+        if not out.attention or "static_to_dynamic" not in out.attention:
+            return "unavailable: the model has no static-to-dynamic cross-attention"
+        n_real = int(out.dynamic_mask[0].sum())
+        maps = attention_maps(
+            out.attention["static_to_dynamic"][0], out.static_grid, out.dynamic_grid, n_real
+        )
+        idx = frame_indices(features.valid, self.configs.data.static_frames, random=False)
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(overlay_png(features.faces[idx], maps))
+        return str(path)
+
+
+# ---------------------------------------------------------------- output and the command
+
+
+def write_results(results: list[ClipPrediction], columns: Sequence[str], fmt: str, out: str | None,
+                  meta: dict[str, Any]) -> None:  # fmt: skip
+    """JSON (meta plus one record per clip) or CSV (one row per clip) to `out`, or stdout when None."""
+    if fmt == "csv":
+        buffer = io.StringIO()
+        rows = [r.row(columns) for r in results]
+        header = list(ClipPrediction("", "", False).row(columns))
+        writer = csv.DictWriter(buffer, fieldnames=header, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        text = buffer.getvalue()
+    else:
+        text = (
+            json.dumps({**meta, "clips": [asdict(r) for r in results]}, indent=2, ensure_ascii=False) + "\n"
+        )
+    if out is None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
+    with atomic_path(out) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def parse_args(argv: Sequence[str] | None, defaults: PredictParams) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m stages.predict", description=__doc__.split("\n")[0])
+    parser.add_argument("clips", nargs="+", help="video files, or folders whose .mp4 files are all predicted")
+    parser.add_argument("--model", default=defaults.model, help=f"checkpoint (default {defaults.model})")
+    parser.add_argument("--out", help="write here instead of stdout; a .csv name selects CSV")
+    parser.add_argument("--format", choices=("auto", "json", "csv"), default="auto",
+                        help="auto: CSV for a folder or a .csv --out, else JSON")  # fmt: skip
+    parser.add_argument(
+        "--explain", metavar="DIR", help="save each clip's attention overlay as DIR/<clip>.png"
+    )
+    parser.add_argument(
+        "--fast", action="store_true", help="faster preprocessing that differs from training's"
+    )
+    parser.add_argument("--device", default=defaults.device, help="torch device: cpu, cuda or auto")
+    parser.add_argument("--params", default="params.yaml", help="params file for the predict section")
+    return parser.parse_args(argv)
+
+
+def output_format(args: argparse.Namespace) -> str:
+    if args.format != "auto":
+        return args.format
+    if (args.out and args.out.lower().endswith(".csv")) or any(Path(c).is_dir() for c in args.clips):
+        return "csv"
+    return "json"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command; returns the exit status (0 all predicted, 1 some clip failed, 2 no model)."""
+    started = time.perf_counter()
+    probe = argparse.ArgumentParser(add_help=False)
+    probe.add_argument("--params", default="params.yaml")
+    params = PredictParams.load(probe.parse_known_args(argv)[0].params)
+    args = parse_args(argv, params)
+    logger = setup_logging("predict")
+    videos = expand_inputs(args.clips)
+    if not videos:
+        logger.error("no clips: the folders given hold no .mp4 files")
+        return 2
+    if not Path(args.model).is_file():
+        logger.error("no model at %s: train one (dvc repro train) or pass --model PATH", args.model)
+        return 2
+    fast = params.fast() if args.fast else None
+    predictor = Predictor(args.model, args.device, fast, params.threads, args.params)
+    load_seconds = time.perf_counter() - started
+    results = predictor.predict_many(videos, args.explain)
+    failed = sum(not r.ok for r in results)
+    meta = {
+        "model": str(args.model),
+        "fast": fast is not None,
+        "outputs": list(predictor.columns),
+        "load_seconds": round(load_seconds, 3),
+        "failed": failed,
+    }
+    write_results(results, predictor.columns, output_format(args), args.out, meta)
+    logger.info(
+        "%d clips predicted, %d failed (start-up %.1f s)", len(results) - failed, failed, load_seconds
+    )
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -40,10 +40,6 @@ from stages.common import (
 )
 from stages.extract_frames import load_frames
 
-FRAMES_DIR = Path("data/frames")
-FACES_DIR = Path("data/faces")
-REPORT_PATH = Path("reports/data/faces.json")
-
 # The standard ArcFace 112x112 five-point template: left eye, right eye, nose, mouth left, mouth right.
 ARCFACE_112 = np.array(
     [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]],
@@ -428,6 +424,13 @@ def align_clip(frames: np.ndarray, detector: FaceDetector, cfg: AlignConfig) -> 
         j = chosen[d]
         pick[d] = np.r_[det.landmarks[d][j].ravel(), det.boxes[d][j], det.scores[d][j]]
     values, valid = interpolate_track(det.frame_index, pick, present, length)
+    log.debug(
+        "%d frames, detected on %d, main face on %d, valid %d",
+        length,
+        len(present),
+        present.sum(),
+        valid.sum(),
+    )
     check_coverage(valid, cfg.min_valid_ratio)
     values = smooth_track(values, valid, cfg.smooth_window)
     source = nearest_valid(valid)

@@ -1,0 +1,54 @@
+"""Tests for stages/fast_decode.py: the same samples as extract-frames without skipping, close ones with it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from stages.common import SkipClip
+from stages.extract_frames import sample_frames
+from stages.fast_decode import decode_sampled
+from tests.fixtures import make_bad_clips, make_face_clip
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return make_bad_clips(tmp_path_factory.mktemp("clips"))
+
+
+@pytest.mark.parametrize("name", ["good", "portrait", "grayscale", "variable_fps"])
+def test_without_skipping_equals_extract_frames(clips: dict[str, Path], name: str) -> None:
+    exact = sample_frames(clips[name], 5, 160)
+    fast = decode_sampled(clips[name], 5, 160)
+    np.testing.assert_allclose(fast.timestamps, exact.timestamps, atol=1e-3)
+    assert fast.source_size == exact.source_size
+    assert fast.frames.shape == exact.frames.shape
+    assert np.abs(fast.frames.astype(int) - exact.frames).mean() < 2.0  # swscale vs OpenCV YUV->RGB
+
+
+def test_skipping_unreferenced_frames_moves_samples_by_at_most_two_frames(tmp_path: Path) -> None:
+    video = make_face_clip(tmp_path / "long.mp4", seconds=4.0, fps=25.0)
+    exact = sample_frames(video, 5, 320)
+    fast = decode_sampled(video, 5, 320, skip_nonref=True)
+    assert len(fast.timestamps) == len(exact.timestamps)
+    shift = fast.timestamps - exact.timestamps
+    assert np.all(shift >= -1e-6) and np.all(shift <= 2 / 25 + 1e-6)
+    assert fast.source_frames < exact.source_frames  # some frames were really skipped
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [("zero_byte", "empty file"), ("text", "cannot open"), ("truncated", "cannot open")],
+)
+def test_bad_files_raise_skipclip_with_a_reason(clips: dict[str, Path], name: str, message: str) -> None:
+    with pytest.raises(SkipClip, match=message):
+        decode_sampled(clips[name], 5, 160)
+
+
+def test_missing_and_cut_short_files(clips: dict[str, Path], tmp_path: Path) -> None:
+    with pytest.raises(SkipClip, match="missing video file"):
+        decode_sampled(tmp_path / "absent.mp4", 5, 160)
+    with pytest.raises(SkipClip, match="truncated"):
+        decode_sampled(clips["truncated_indexed"], 5, 160, min_coverage=0.9)

@@ -1,0 +1,88 @@
+"""The whole DVC pipeline, end to end, on the tiny config (configs/tiny.yaml)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from stages.common import TRAITS
+from stages.config import apply_overrides
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+
+def run(cmd: list[str], cwd: Path) -> str:
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "PYTHONPATH": str(cwd)}
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    return proc.stdout + proc.stderr
+
+
+def project_files() -> list[str]:
+    """What a clone would hold: tracked files plus untracked ones git does not ignore."""
+    out = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return [f for f in out.splitlines() if (REPO / f).is_file()]
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh copy of the project on the tiny config, reproduced once."""
+    root = tmp_path_factory.mktemp("project")
+    for rel in project_files():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / rel, root / rel)
+    overrides = yaml.safe_load((REPO / "configs" / "tiny.yaml").read_text())
+    apply_overrides(root / "params.yaml", overrides)
+    run(["git", "init", "-q"], root)
+    run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "add", "-A"], root)
+    run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "tiny"], root)
+    run(["dvc", "repro"], root)
+    return root
+
+
+def test_repro_writes_every_output(project: Path) -> None:
+    labels = pd.read_csv(project / "data/raw/labels.csv")
+    assert set(labels["split"]) == {"train", "val", "test"}
+    for stage_dir in ("frames", "faces", "flow"):
+        assert list((project / "data" / stage_dir).rglob("*.npz")), stage_dir
+    assert (project / "data/model/best.pt").is_file()
+    metrics = json.loads((project / "reports/metrics.json").read_text())
+    for trait in TRAITS:
+        assert 0.0 <= metrics["test"][trait]["1-mae"] <= 1.0
+    predictions = pd.read_csv(project / "reports/predictions/test.csv")
+    assert len(predictions) > 0
+    assert {f"{t}_pred" for t in TRAITS} <= set(predictions.columns)
+
+
+def test_second_repro_changes_nothing(project: Path) -> None:
+    out = run(["dvc", "repro"], project)
+    assert "didn't change" in out or "up to date" in out.lower()
+    assert "Running stage" not in out
+    status = run(["dvc", "status"], project)
+    assert "changed" not in status
+
+
+def test_a_later_param_reruns_only_later_stages(project: Path) -> None:
+    apply_overrides(project / "params.yaml", {"flow": {"method": "dis"}})
+    status = run(["dvc", "status"], project)
+    assert "compute-flow" in status
+    for upstream in ("download-verify", "extract-frames", "align-faces"):
+        assert f"{upstream}:" not in status, status
+    out = run(["dvc", "repro"], project)
+    assert "Running stage 'compute-flow'" in out
+    assert "Running stage 'download-verify'" not in out
+    assert "Running stage 'align-faces'" not in out

@@ -215,7 +215,7 @@ class ClipDataset(Dataset):
         faces = torch.from_numpy(a.faces[idx]).permute(0, 3, 1, 2)  # (K, 3, S, S) uint8
         window = flow_window(a.flow.shape[0], self.cfg.flow_steps, random=self.train)
         flow = torch.from_numpy(a.flow[window]).permute(0, 3, 1, 2)  # (T, 2, F, F)
-        return Sample(faces, flow.contiguous(), torch.from_numpy(self.targets[i]), self.clips[i].name)
+        return Sample(faces, flow.contiguous(), torch.tensor(self.targets[i]), self.clips[i].name)
 
 
 def collate(batch: list[Sample], cfg: DataConfig | None = None, train: bool = False) -> Batch:

@@ -299,6 +299,15 @@ def resource_usage(device: torch.device) -> dict[str, float]:
     return usage
 
 
+def log_epoch(live: Any, row: dict[str, float]) -> None:
+    """One dvclive step per epoch."""
+    live.step = int(row["epoch"])
+    for key, value in row.items():
+        if key not in ("epoch", "pid") and np.isfinite(value):
+            live.log_metric(key, value)
+    live.next_step()
+
+
 def train(
     configs: RunConfigs,
     train_loader: DataLoader,
@@ -309,7 +318,8 @@ def train(
     """Train with validation each epoch; best.pt on a better validation mean 1-MAE, last.pt always.
 
     `train.resume` continues from out_dir/last.pt; `train.init_from` starts from other weights.
-    `live` is a dvclive.Live (or None): one step per epoch.
+    `live` is a dvclive.Live (or None): one step per epoch; open it with resume=False, a resumed
+    run replays the epochs stored in the checkpoint.
     """
     cfg = configs.train
     out_dir = Path(out_dir)
@@ -398,11 +408,7 @@ def train(
             row["epoch_seconds"], fit["clips_per_second"],
         )  # fmt: skip
         if live is not None:
-            live.step = epoch
-            for key, value in row.items():
-                if key not in ("epoch", "pid") and np.isfinite(value):
-                    live.log_metric(key, value)
-            live.next_step()
+            log_epoch(live, row)
         if state["stopped"]:
             log.info("early stop: no improvement for %d epochs", cfg.patience)
             stopped_early = True

@@ -87,7 +87,7 @@ def main() -> None:
     train_loader = make_loader(datasets["train"], tcfg.batch_size, True, tcfg.workers, tcfg.seed)
     val_loader = make_loader(datasets["val"], tcfg.batch_size, False, tcfg.workers, tcfg.seed)
     start = time.perf_counter()
-    with Live(tcfg.live_dir, resume=tcfg.resume, save_dvc_exp=False, dvcyaml=None) as live:
+    with Live(tcfg.live_dir, resume=False, save_dvc_exp=False, dvcyaml=None) as live:
         live.log_params({**flat("model", params["model"]), **flat("train", params["train"])})
         result = train(configs, train_loader, val_loader, out_dir, live)
     seconds = time.perf_counter() - start

@@ -1,0 +1,223 @@
+"""Training: checkpoints and their round trip, dvclive logs, resume after a kill, init_from, schedules."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+from dvclive import Live
+
+from model.config import DataConfig, ModelConfig, TrainConfig
+from model.data import ClipDataset, make_loader
+from model.network import build_model
+from model.training import (
+    RunConfigs,
+    init_weights_from,
+    load_checkpoint,
+    make_loss,
+    make_scheduler,
+    predict,
+    save_checkpoint,
+    train,
+)
+from stages.common import LABEL_COLUMNS, Clip, save_npz
+
+REPO = Path(__file__).resolve().parents[1]
+MODEL = {
+    "head_hidden": 8,
+    "static": {"frames": 2, "input_size": 32},
+    "dynamic": {"input_size": 8, "channels": 4, "blocks": 1},
+    "fusion": {"dim": 8, "heads": 2},
+}
+TRAIN = {"epochs": 2, "batch_size": 4, "lr": 0.01, "threads": 1, "patience": 0, "device": "cpu"}
+
+
+@pytest.fixture
+def dataset_dir(tmp_path: Path) -> Path:
+    """8 train and 4 val clips of random faces and flow, with labels."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for split, n in (("train", 8), ("val", 4)):
+        for i in range(n):
+            clip, frames = Clip(f"{split}{i}", split), int(rng.integers(4, 8))
+            faces = rng.integers(0, 256, (frames, 32, 32, 3), dtype=np.uint8)
+            save_npz(clip.path(tmp_path / "faces"), faces=faces, valid=np.ones(frames, bool), key="k")
+            flow = rng.integers(-100, 100, (frames - 1, 8, 8, 2)).astype(np.int8)
+            save_npz(
+                clip.path(tmp_path / "flow"),
+                flow=flow,
+                scale=np.float32(0.03),
+                valid=np.ones(frames - 1, bool),
+                key="k",
+            )
+            rows.append(
+                {
+                    "clip": clip.name,
+                    "split": split,
+                    **dict(zip(LABEL_COLUMNS, rng.uniform(0.3, 0.7, 6), strict=True)),
+                }
+            )
+    pd.DataFrame(rows).to_csv(tmp_path / "labels.csv", index=False)
+    return tmp_path
+
+
+def run_configs(**train_over) -> RunConfigs:
+    params = {"model": MODEL, "train": {**TRAIN, **train_over}}
+    return RunConfigs(
+        ModelConfig.from_params(params["model"]),
+        DataConfig.from_params(params),
+        TrainConfig.from_params(params["train"]),
+        preprocess={"faces": {"size": 32}, "flow": {"size": 8}},
+    )
+
+
+def loaders(root: Path, cfg: DataConfig) -> tuple:
+    labels = pd.read_csv(root / "labels.csv", dtype={"clip": str})
+    out = []
+    for split in ("train", "val"):
+        clips = [Clip(c, s) for c, s in zip(labels["clip"], labels["split"], strict=True) if s == split]
+        ds = ClipDataset(root / "faces", root / "flow", clips, labels, cfg, train=split == "train")
+        out.append(make_loader(ds, 4, shuffle=split == "train", workers=0, seed=0))
+    return tuple(out)
+
+
+def test_train_writes_checkpoints_history_and_dvclive_logs(dataset_dir: Path, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    configs = run_configs()
+    train_loader, val_loader = loaders(dataset_dir, configs.data)
+    out = tmp_path / "model"
+    with Live(str(tmp_path / "live"), save_dvc_exp=False, dvcyaml=None) as live:
+        result = train(configs, train_loader, val_loader, out, live)
+    assert result.epochs_run == 2 and len(result.history) == 2
+    assert (out / "best.pt").exists() and (out / "last.pt").exists()
+    _, loaded, state = load_checkpoint(out / "last.pt")
+    assert state["epoch"] == 2 and state["best_score"] == pytest.approx(result.best_score)
+    assert loaded.to_dict() == configs.to_dict()
+    metrics = json.loads((tmp_path / "live" / "metrics.json").read_text())
+    assert metrics["step"] == 1
+    for key in ("train/loss", "val/loss", "val/1-mae/mean", "val/r2/mean", "lr", "epoch_seconds"):
+        assert key.split("/")[0] in metrics
+    assert "openness" in metrics["val"]["1-mae"]
+    assert not (tmp_path / "live" / "dvc.yaml").exists() and not (Path.cwd() / "dvc.lock").exists()
+
+
+def test_checkpoint_round_trip_gives_the_same_predictions(dataset_dir: Path, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    configs = run_configs()
+    _, val_loader = loaders(dataset_dir, configs.data)
+    model = build_model(configs.model)
+    batch = next(iter(val_loader))
+    with torch.no_grad():  # move the batch-norm statistics off their initial values
+        model.train()(batch.faces, batch.flow, batch.flow_mask)
+    clips, before, _ = predict(model, val_loader, "cpu")
+    save_checkpoint(tmp_path / "m.pt", model, configs, epoch=3)
+    loaded, loaded_configs, state = load_checkpoint(tmp_path / "m.pt")
+    clips2, after, dumps = predict(loaded, val_loader, "cpu", dumps=True)
+    assert clips == clips2 and state["epoch"] == 3
+    np.testing.assert_allclose(after, before, atol=1e-6)
+    assert loaded_configs.model == configs.model and loaded_configs.data == configs.data
+    assert len(dumps) == len(clips)
+    t, h, w = dumps[0].dynamic_grid
+    assert dumps[0].attention["static_to_dynamic"].shape[-1] == t * h * w
+
+
+def test_init_from_loads_matching_weights(dataset_dir: Path, tmp_path: Path) -> None:
+    configs = run_configs()
+    source = build_model(configs.model)
+    save_checkpoint(tmp_path / "a.pt", source, configs)
+    other = replace(configs.model, outputs="traits_interview")  # a different head
+    target = build_model(other)
+    init_weights_from(target, tmp_path / "a.pt")
+    mine, theirs = target.state_dict(), source.state_dict()
+    assert torch.equal(mine["static.backbone.conv1.weight"], theirs["static.backbone.conv1.weight"])
+    assert torch.equal(mine["dynamic.proj.weight"], theirs["dynamic.proj.weight"])
+    assert mine["head.4.weight"].shape[0] == len(LABEL_COLUMNS)  # mismatched shapes stay as built
+
+
+def test_losses_and_cosine_warmup_schedule() -> None:
+    pred, target = torch.tensor([[0.5, 0.2]]), torch.tensor([[0.7, 0.2]])
+    assert make_loss("mse")(pred, target).item() == pytest.approx(0.02)
+    assert make_loss("l1")(pred, target).item() == pytest.approx(0.1)
+    assert 0 < make_loss("smooth_l1")(pred, target).item() < 0.1
+    cfg = TrainConfig.from_params({"epochs": 4, "warmup_epochs": 1, "lr": 0.1, "min_lr": 0.001})
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.lr)
+    sched = make_scheduler(opt, cfg, steps_per_epoch=10)
+    lrs = []
+    for _ in range(40):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(0.01) and max(lrs) == pytest.approx(0.1)
+    assert lrs.index(max(lrs)) == 9 and lrs[-1] < 0.005
+    assert all(a >= b for a, b in itertools.pairwise(lrs[9:]))
+
+
+def _stage_params(root: Path, out: Path, **train_over) -> dict:
+    return {
+        "model": MODEL,
+        "train": {
+            **TRAIN,
+            "faces_dir": str(root / "faces"),
+            "flow_dir": str(root / "flow"),
+            "labels": str(root / "labels.csv"),
+            "out_dir": str(out / "model"),
+            "live_dir": str(out / "live"),
+            **train_over,
+        },
+        "faces": {"size": 32},
+        "flow": {"size": 8},
+    }
+
+
+def _run_stage(cwd: Path, params: dict) -> subprocess.Popen:
+    (cwd / "params.yaml").write_text(yaml.safe_dump(params))
+    env = {**os.environ, "PYTHONPATH": str(REPO), "DVC_NO_ANALYTICS": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "stages.train"],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
+@pytest.mark.slow
+def test_resume_after_a_kill_continues_from_the_right_epoch(dataset_dir: Path, tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    last = work / "model" / "last.pt"
+    proc = _run_stage(work, _stage_params(dataset_dir, work, epochs=200))
+    deadline = time.monotonic() + 120
+    while not last.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert last.exists(), proc.stderr.read().decode() if proc.poll() is not None else "no checkpoint in time"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = torch.load(last, weights_only=False)["epoch"]
+    assert 1 <= done < 200
+    first_pid = proc.pid
+
+    proc = _run_stage(work, _stage_params(dataset_dir, work, epochs=done + 2, resume=True))
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err.decode()
+    assert f"at epoch {done}" in err.decode()
+    state = torch.load(last, weights_only=False)
+    assert state["epoch"] == done + 2
+    history = state["history"]
+    assert [h["epoch"] for h in history] == list(range(done + 2))
+    assert {h["pid"] for h in history[:done]} == {first_pid}
+    assert {h["pid"] for h in history[done:]} == {proc.pid}
+    report = json.loads((work / "reports" / "train.json").read_text())
+    assert report["epochs_run"] == done + 2 and report["clips"] == {"train": 8, "val": 4}

@@ -6,8 +6,7 @@ Flow (one experiment = one variant and one seed):
     python -m stages.compare --collect concat          # copies this run's outputs to
                                                        # reports/ablations/concat/seed1/
     ...                                                # more variants and seeds
-    python -m stages.compare --table                   # reports/tables/ablations.{md,tex},
-                                                       # reports/ablations.json
+    python -m stages.compare --table                   # reports/ablations/ablations.{md,tex,json}
 
 Per variant, each clip's absolute error (per trait) is averaged over the variant's seeds; the
 variant is then compared with the full model on the clips both scored: mean difference in
@@ -37,6 +36,7 @@ log = logging.getLogger(__name__)
 PREDICTIONS = "predictions.csv"
 METRICS = "metrics.json"
 PARAMS = "params.yaml"
+TABLE = "ablations"  # <ablations_dir>/ablations.{md,tex,json}: outside the pipeline's outputs, like the runs
 
 
 @dataclass
@@ -294,8 +294,8 @@ def main(argv: list[str] | None = None) -> None:
         f"change in per-clip MAE against '{cfg['full_variant']}' (errors averaged over seeds; paired bootstrap "
         f"{boot.confidence:.0%} CI; Wilcoxon signed-rank p, Holm-corrected; * = significant at {cfg['alpha']})."
     )
-    write_table(table, cfg["tables_dir"], "ablations", caption)
-    write_json(Path(cfg["ablations_json"]), summary)
+    write_table(table, root, TABLE, caption)
+    write_json(root / f"{TABLE}.json", summary)
     log.info("ablation table of %d variants written", len(table))
 
 

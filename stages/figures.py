@@ -19,6 +19,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from stages.common import TRAITS, atomic_path
 
@@ -116,20 +117,18 @@ def training_curves(curves: Mapping[str, pd.DataFrame]) -> Figure:
     for ax, (title, names) in zip(axes[0], panels, strict=True):
         for name in names:
             frame = curves[name]
-            label = name.rsplit("/", 1)[-1] if len(names) > 1 else None
-            trait = name.rsplit("/", 1)[-1]
-            colour = TRAIT_COLOURS.get(trait)
-            if name.startswith("train/"):
-                label = "train"
-            elif name == "val/loss":
-                label = "val"
-            ax.plot(frame["step"] + 1, frame.iloc[:, -1], marker=".", label=label, color=colour)
+            last = name.rsplit("/", 1)[-1]
+            label = last[0].upper() if last in TRAITS else name.split("/", 1)[0]
+            ax.plot(
+                frame["step"] + 1, frame.iloc[:, -1], marker=".", label=label, color=TRAIT_COLOURS.get(last)
+            )
         ax.set_title(title)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if title == "learning rate":
             ax.set_yscale("log")
         if len(names) > 1:
-            ax.legend(frameon=False)
+            ax.legend(frameon=False, fontsize=7, ncol=2 if len(names) > 2 else 1)
     fig.tight_layout()
     return fig
 

@@ -8,13 +8,16 @@ stream's whole input is zeroed at test time. Both use the real model; no gradien
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from matplotlib.figure import Figure
+from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from model import metrics
@@ -27,11 +30,41 @@ from stages.figures import PALETTE, trait_label
 STREAMS = ("static", "dynamic")
 
 
-@torch.no_grad()
-def _predict(
-    model: DualStreamNet, faces: torch.Tensor, flow: torch.Tensor, mask: torch.Tensor
-) -> torch.Tensor:
-    return model(faces, flow, mask).pred.float()
+@contextmanager
+def fixed_output(module: nn.Module | None, output: Any) -> Iterator[None]:
+    """Make `module` return `output` (a stream's tokens computed earlier) instead of recomputing them."""
+    if module is None or output is None:
+        yield
+        return
+    module.forward = lambda *args, **kwargs: output
+    try:
+        yield
+    finally:
+        del module.forward
+
+
+def stream_outputs(model: DualStreamNet, faces: Tensor, flow: Tensor, mask: Tensor) -> tuple[Any, Any]:
+    """The static tokens and the dynamic (tokens, mask, grid) of a batch, None for an absent stream."""
+    s = model.static(faces) if model.static is not None else None
+    d = model.dynamic(flow, mask) if model.dynamic is not None else None
+    return s, d
+
+
+def expand_outputs(s: Any, d: Any, n: int) -> tuple[Any, Any]:
+    """One clip's stream outputs repeated for a batch of n variants of that clip."""
+    s = None if s is None else s.expand(n, *s.shape[1:])
+    if d is not None:
+        tokens, valid, grid = d
+        d = (tokens.expand(n, *tokens.shape[1:]), valid.expand(n, -1), grid)
+    return s, d
+
+
+def fused_pred(model: DualStreamNet, batch_size: int, s: Any, d: Any) -> Tensor:
+    """Predictions from given stream outputs: only fusion and the head run."""
+    faces = torch.empty(batch_size, 0)  # never read: the streams return the given outputs
+    mask = d[1] if d is not None else None
+    with fixed_output(model.static, s), fixed_output(model.dynamic, d):
+        return model(faces, faces, mask).pred.float()
 
 
 def remove_stream(batch: Batch, stream: str) -> Batch:
@@ -63,24 +96,35 @@ class StreamImportance:
 def stream_importance(
     model: DualStreamNet, loader: DataLoader, columns: tuple[str, ...], device: torch.device | str = "cpu"
 ) -> StreamImportance:
-    """Score the model on the loader as is and with each stream it uses zeroed."""
+    """Score the model on the loader as is and with each stream it uses zeroed.
+
+    Each stream runs once on the real input and once on the zeroed one (the zeroed faces once
+    for all clips: every clip then has the same static input); fusion and head run per variant.
+    """
     model.eval()
     streams = [s for s in STREAMS if getattr(model, s) is not None]
     preds: dict[str, list[np.ndarray]] = {k: [] for k in ("full", *streams)}
     targets = []
     for batch in loader:
         batch = batch.to(device)
+        n = len(batch)
         targets.append(batch.target.float().cpu().numpy())
-        preds["full"].append(_predict(model, batch.faces, batch.flow, batch.flow_mask).cpu().numpy())
-        for stream in streams:
-            b = remove_stream(batch, stream)
-            preds[stream].append(_predict(model, b.faces, b.flow, b.flow_mask).cpu().numpy())
+        s, d = stream_outputs(model, batch.faces, batch.flow, batch.flow_mask)
+        preds["full"].append(fused_pred(model, n, s, d).cpu().numpy())
+        if "static" in streams:
+            s0 = model.static(torch.zeros_like(batch.faces[:1]))
+            preds["static"].append(fused_pred(model, n, s0.expand(n, *s0.shape[1:]), d).cpu().numpy())
+        if "dynamic" in streams:
+            d0 = model.dynamic(torch.zeros_like(batch.flow), batch.flow_mask)
+            preds["dynamic"].append(fused_pred(model, n, s, d0).cpu().numpy())
     truth = np.concatenate(targets)
     stacked = {k: np.concatenate(v) for k, v in preds.items()}
 
+    traits = [j for j, c in enumerate(columns) if c in TRAITS]  # interview stays out of the mean
+
     def scores(pred: np.ndarray) -> np.ndarray:
         acc = metrics.one_minus_mae(truth, pred)
-        return np.append(acc, acc.mean())
+        return np.append(acc, acc[traits].mean())
 
     return StreamImportance(
         columns, scores(stacked["full"]), {s: scores(stacked[s]) for s in streams}, stacked
@@ -97,32 +141,40 @@ def cell_slices(size: int, cells: int) -> list[tuple[slice, slice]]:
     ]
 
 
+def occluded_copies(x: Tensor, cells: int) -> Tensor:
+    """cells² copies of one clip's input [1, ...] each with one cell blanked (zero) in every frame."""
+    copies = x.repeat(cells * cells, *([1] * (x.dim() - 1)))
+    for j, (rows, cols) in enumerate(cell_slices(x.shape[-1], cells)):
+        copies[j, ..., rows, cols] = 0
+    return copies
+
+
 @torch.no_grad()
 def occlusion_maps(
     model: DualStreamNet, batches: Iterable[Batch], cells: int, device: torch.device | str = "cpu"
 ) -> dict[str, np.ndarray]:
     """Mean |change of prediction| per trait when each grid cell is blanked: stream -> [outputs, cells, cells].
 
-    Every cell of one clip is occluded in one batched forward pass (cells² copies of the clip).
+    Per clip, the occluded stream runs on cells² copies at once and the other stream's output is reused.
     """
     model.eval()
     streams = [s for s in STREAMS if getattr(model, s) is not None]
     total = {s: np.zeros((model.cfg.n_outputs, cells * cells)) for s in streams}
     n = 0
+    m = cells * cells
     for batch in batches:
         batch = batch.to(device)
-        base = _predict(model, batch.faces, batch.flow, batch.flow_mask)  # (B, O)
         for i in range(len(batch)):
             faces, flow, mask = batch.faces[i : i + 1], batch.flow[i : i + 1], batch.flow_mask[i : i + 1]
-            for stream in streams:
-                x = faces if stream == "static" else flow
-                copies = x.repeat(cells * cells, *([1] * (x.dim() - 1)))
-                for j, (rows, cols) in enumerate(cell_slices(x.shape[-1], cells)):
-                    copies[j, ..., rows, cols] = 0
-                f = copies if stream == "static" else faces.expand(len(copies), *faces.shape[1:])
-                o = copies if stream == "dynamic" else flow.expand(len(copies), *flow.shape[1:])
-                pred = _predict(model, f, o, mask.expand(len(copies), -1))  # (cells², O)
-                total[stream] += (pred - base[i]).abs().T.cpu().numpy()
+            s, d = stream_outputs(model, faces, flow, mask)
+            base = fused_pred(model, 1, s, d)  # (1, O)
+            s_rep, d_rep = expand_outputs(s, d, m)
+            if "static" in streams:
+                pred = fused_pred(model, m, model.static(occluded_copies(faces, cells)), d_rep)
+                total["static"] += (pred - base).abs().T.cpu().numpy()
+            if "dynamic" in streams:
+                d_occ = model.dynamic(occluded_copies(flow, cells), mask.expand(m, -1))
+                total["dynamic"] += (fused_pred(model, m, s_rep, d_occ) - base).abs().T.cpu().numpy()
             n += 1
     if n == 0:
         raise ValueError("no clips to occlude")

@@ -11,7 +11,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,8 @@ import pandas as pd
 import torch
 import yaml
 
-from model.metrics import BootstrapConfig
+from model.data import collate, make_loader
+from model.training import load_checkpoint
 from stages import attention_maps as am
 from stages import compare, feature_views, figures, importance, tables
 from stages.common import (
@@ -32,6 +33,7 @@ from stages.common import (
     setup_logging,
     write_json,
 )
+from stages.evaluate import EvalConfig, split_dataset
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +59,6 @@ class PlotConfig:
     attention_mass: str = "reports/attention_mass.json"
     importance: str = "reports/importance.json"
     ablations_dir: str = "reports/ablations"
-    ablations_json: str = "reports/ablations.json"
     report_md: str = "reports/report.md"
     report: str = "reports/plot.json"
     full_variant: str = "full"
@@ -97,6 +98,7 @@ class Context:
     tables: dict[str, str]  # name -> caption
     status: dict[str, str]  # section -> "done" | reason skipped
     summaries: dict[str, Any]
+    external_tables: dict[str, Path] = field(default_factory=dict)  # made outside the stage
 
     def figure(self, fig: Any, name: str, caption: str) -> None:
         figures.save_figure(fig, self.cfg.figures_dir, name)
@@ -260,9 +262,6 @@ def model_section(ctx: Context) -> None:
     cfg = ctx.cfg
     if not cfg.model_analyses:
         raise Missing("plot.model_analyses is off")
-    from model.data import make_loader
-    from model.training import load_checkpoint
-    from stages.evaluate import EvalConfig, split_dataset
 
     torch.set_num_threads(resolve_workers(0))
     model, configs, _ = load_checkpoint(need(cfg.checkpoint), "cpu")
@@ -287,17 +286,10 @@ def model_section(ctx: Context) -> None:
     if baseline is not None:
         out["baseline"] = dict(zip([*columns, "mean"], baseline.tolist(), strict=True))
 
-    from model.data import collate
-
     subset = [dataset[i] for i in range(min(cfg.occlusion_clips, len(dataset)))]
-    maps = importance.occlusion_maps(model, [collate(subset)], cfg.occlusion_cells)
-    with torch.no_grad():
-        faces = np.stack([s.faces.numpy() for s in subset])  # (n, K, 3, S, S) normalised
-    mean = np.array(configs.data.mean).reshape(1, 1, 3, 1, 1)
-    std = np.array(configs.data.std).reshape(1, 1, 3, 1, 1)
-    mean_face = (
-        ((faces * std + mean).mean(axis=(0, 1)).transpose(1, 2, 0) * 255).clip(0, 255).astype(np.uint8)
-    )
+    maps = importance.occlusion_maps(model, [collate(subset, configs.data)], cfg.occlusion_cells)
+    faces = np.stack([s.faces.numpy() for s in subset]).astype(np.float64)  # (n, K, 3, S, S) uint8 values
+    mean_face = faces.mean(axis=(0, 1)).transpose(1, 2, 0).round().astype(np.uint8)
     ctx.figure(
         importance.occlusion_figure(maps, columns, mean_face, ctx.boxes),
         "occlusion",
@@ -321,20 +313,9 @@ def model_section(ctx: Context) -> None:
 
 
 def ablations_section(ctx: Context) -> None:
-    root = need(ctx.cfg.ablations_dir)
-    boot = tables_bootstrap(ctx.cfg)
-    table, summary = compare.build_table(root, ctx.cfg.full_variant, boot, ctx.cfg.alpha)
-    ctx.table(
-        table,
-        "ablations",
-        f"Ablations ({ctx.cfg.split}): 1-MAE (mean over seeds) and the change in per-clip MAE against "
-        f"'{ctx.cfg.full_variant}' with a paired bootstrap CI and the Wilcoxon p, Holm-corrected.",
-    )
-    write_json(ctx.cfg.ablations_json, summary)
-
-
-def tables_bootstrap(cfg: PlotConfig) -> BootstrapConfig:
-    return BootstrapConfig(cfg.n_resamples, cfg.confidence, cfg.seed)
+    """Embed the ablation table that `python -m stages.compare --table` made (ablations are not a stage)."""
+    table = need(Path(ctx.cfg.ablations_dir) / f"{compare.TABLE}.md")
+    ctx.external_tables[table.stem] = table
 
 
 SECTIONS: dict[str, Callable[[Context], None]] = {
@@ -410,6 +391,9 @@ def render_report(ctx: Context) -> str:
             f"LaTeX: `{_rel(path.with_suffix('.tex'), rel)}`",
             "",
         ]
+
+    for name, path in ctx.external_tables.items():
+        lines += [f"### {name}", "", path.read_text(encoding="utf-8").strip(), "", f"(from `{path}`)", ""]
 
     if "attention_mass" in ctx.summaries:
         lines += ["## Attention on the eye and mouth regions", ""]
@@ -521,6 +505,7 @@ def write_text(path: str | Path, text: str) -> None:
 
 def main() -> None:
     setup_logging("plot")
+    logging.getLogger("fontTools").setLevel(logging.WARNING)  # PDF font subsetting chatters at INFO
     start = time.perf_counter()
     ctx = run(load_params())
     log.info(

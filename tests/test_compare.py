@@ -115,8 +115,8 @@ def test_collect_and_table_commands(tmp_path, monkeypatch, runs):
         compare.main(["--collect", "../escape"])
 
     compare.main(["--table"])
-    md = (tmp_path / "reports" / "tables" / "ablations.md").read_text()
+    md = (runs / "ablations.md").read_text()
     assert "perfect" in md and "worse" in md and "Holm" in md
-    assert "\\begin{tabular}" in (tmp_path / "reports" / "tables" / "ablations.tex").read_text()
-    summary = json.loads((tmp_path / "reports" / "ablations.json").read_text())
+    assert "\\begin{tabular}" in (runs / "ablations.tex").read_text()
+    summary = json.loads((runs / "ablations.json").read_text())
     assert summary["variants"]["perfect"]["vs_full"]["mae_diff"] < 0  # perfect predictions err less

@@ -60,7 +60,7 @@ def dataset(tmp_path_factory) -> ClipDataset:
 
 def with_targets(ds: ClipDataset, model: torch.nn.Module) -> ClipDataset:
     """Targets = the model's own predictions on the intact input: a perfect score before removal."""
-    batch = collate([ds[i] for i in range(len(ds))])
+    batch = collate([ds[i] for i in range(len(ds))], ds.cfg)
     with torch.no_grad():
         ds.targets = model(batch.faces, batch.flow, batch.flow_mask).pred.numpy().astype(np.float32)
     return ds
@@ -88,7 +88,7 @@ def test_both_streams_each_matter_and_zeroing_is_what_it_says(dataset):
     ds = with_targets(dataset, model)
     result = importance.stream_importance(model, make_loader(ds, 4, False, 0, 0), TRAITS)
     assert set(result.removed) == {"static", "dynamic"}
-    batch = collate([ds[i] for i in range(len(ds))])
+    batch = collate([ds[i] for i in range(len(ds))], ds.cfg)
     zeroed = importance.remove_stream(batch, "dynamic")
     assert torch.equal(zeroed.faces, batch.faces) and not zeroed.flow.any()
     with torch.no_grad():
@@ -99,7 +99,7 @@ def test_both_streams_each_matter_and_zeroing_is_what_it_says(dataset):
 
 
 def test_occlusion_maps_only_for_streams_the_model_uses(dataset):
-    batch = collate([dataset[i] for i in range(2)])
+    batch = collate([dataset[i] for i in range(2)], dataset.cfg)
     maps = importance.occlusion_maps(tiny_model("static"), [batch], cells=3)
     assert set(maps) == {"static"} and maps["static"].shape == (len(TRAITS), 3, 3)
     assert (maps["static"] >= 0).all() and maps["static"].max() > 0
@@ -109,7 +109,7 @@ def test_occlusion_maps_only_for_streams_the_model_uses(dataset):
 
 def test_occluding_a_cell_the_input_never_had_changes_nothing(dataset):
     # Faces that are already the mean image in one cell: blanking that cell leaves the input unchanged.
-    batch = collate([dataset[i] for i in range(2)])
+    batch = collate([dataset[i] for i in range(2)], dataset.cfg)
     faces = batch.faces.clone()
     faces[..., :16, :16] = 0  # top-left cell of a 2x2 grid over 32 px
     batch = Batch(faces, batch.flow, batch.flow_mask, batch.target, batch.clips)
@@ -129,7 +129,7 @@ def test_figures(tmp_path, dataset):
     model = tiny_model("both")
     ds = with_targets(dataset, model)
     result = importance.stream_importance(model, make_loader(ds, 4, False, 0, 0), TRAITS)
-    maps = importance.occlusion_maps(model, [collate([ds[0]])], cells=2)
+    maps = importance.occlusion_maps(model, [collate([ds[0]], ds.cfg)], cells=2)
     face = np.full((32, 32, 3), 128, np.uint8)
     for name, fig in (
         ("streams", importance.stream_importance_figure(result, np.full(len(TRAITS) + 1, 0.8))),
@@ -137,3 +137,22 @@ def test_figures(tmp_path, dataset):
     ):
         png, pdf = save_figure(fig, tmp_path, name)
         assert png.stat().st_size > 1000 and pdf.read_bytes()[:4] == b"%PDF"
+
+
+def test_reused_stream_outputs_give_the_plain_forward_pass(dataset):
+    model = tiny_model("both")
+    batch = collate([dataset[i] for i in range(3)], dataset.cfg)
+    with torch.no_grad():
+        plain = model(batch.faces, batch.flow, batch.flow_mask).pred
+        s, d = importance.stream_outputs(model, batch.faces, batch.flow, batch.flow_mask)
+        torch.testing.assert_close(importance.fused_pred(model, 3, s, d), plain)
+        # one clip's occluded copies against the plain forward on that copy
+        faces, flow, mask = batch.faces[:1], batch.flow[:1], batch.flow_mask[:1]
+        copies = importance.occluded_copies(flow, 2)
+        assert not copies[3, ..., 8:, 8:].any() and torch.equal(copies[3, ..., :8, :], flow[0, ..., :8, :])
+        s1, _ = importance.expand_outputs(*importance.stream_outputs(model, faces, flow, mask), 4)
+        d_occ = model.dynamic(copies, mask.expand(4, -1))
+        cached = importance.fused_pred(model, 4, s1, d_occ)
+        direct = model(faces.expand(4, -1, -1, -1, -1), copies, mask.expand(4, -1)).pred
+    torch.testing.assert_close(cached, direct)
+    assert not hasattr(model.static, "__dict__") or "forward" not in model.static.__dict__  # restored

@@ -13,9 +13,10 @@ import torch
 import yaml
 
 from model.config import DataConfig, ModelConfig, TrainConfig
+from model.metrics import BootstrapConfig
 from model.network import build_model
 from model.training import RunConfigs, save_checkpoint
-from stages import evaluate, plot
+from stages import compare, evaluate, plot, tables
 from stages.common import LABEL_COLUMNS, TRAITS
 
 FACE, FLOW, K = 32, 16, 2
@@ -168,6 +169,23 @@ def test_plot_writes_every_figure_table_and_the_report(evaluated_run, monkeypatc
     assert "figures/scatter_test.png" in report and "flow.json" in report and "## Params" in report
     status = json.loads((root / "reports" / "plot.json").read_text())
     assert set(status["figures"]) == set(EXPECTED_FIGURES)
+
+
+def test_report_embeds_the_ablation_table_that_compare_made(evaluated_run, monkeypatch, tmp_path):
+    root, params = evaluated_run
+    monkeypatch.chdir(root)
+    params = {**params, "plot": {**params["plot"], "ablations_dir": str(tmp_path), "model_analyses": False}}
+    predictions = root / "reports" / "predictions" / "test.csv"
+    for variant in ("full", "copy"):
+        compare.collect(
+            variant, 0, predictions, root / "reports" / "metrics.json", root / "params.yaml", tmp_path
+        )
+    table, summary = compare.build_table(tmp_path, "full", BootstrapConfig(50), 0.05)
+    tables.write_table(table, tmp_path, compare.TABLE, "Ablations.")
+    assert summary["variants"]["copy"]["vs_full"]["p_wilcoxon"] == 1.0
+    ctx = plot.run(params)
+    assert ctx.status["ablations"] == "done"
+    assert "| copy" in (root / "reports" / "report.md").read_text()
 
 
 def test_missing_inputs_skip_their_sections_without_failing(tmp_path, evaluated_run, monkeypatch):

@@ -18,6 +18,7 @@ import numpy as np
 
 from stages.align_faces import (
     AlignConfig,
+    Detections,
     FaceDetector,
     FaceTrack,
     as_rgb,
@@ -37,6 +38,9 @@ from stages.common import SkipClip
 
 log = logging.getLogger(__name__)
 
+# LK runs on frames downscaled so the face is about this many pixels wide: enough texture for
+# 21-px windows, a quarter of the work of 640-px frames for a typical webcam face.
+LK_FACE_SIDE = 64
 LK_PARAMS = {
     "winSize": (21, 21),
     "maxLevel": 3,
@@ -95,7 +99,7 @@ def align_fast(
     length, height, width = frames.shape[:3]
     every = max(1, int(np.ceil((length - 1) / max(1, detections - 1))))
     det = detect_frames(frames, detection_indices(length, every), detector, cfg)
-    gray = [cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames]
+    gray, scale = _tracking_frames(frames, det)
     paths: dict[tuple[int, int], np.ndarray] = {}
     while True:
         chosen = track_main_face(det, (width, height), cfg.track_distance)
@@ -103,7 +107,7 @@ def align_fast(
         for d in np.flatnonzero(chosen >= 0):
             j = chosen[d]
             pick[d] = np.r_[det.landmarks[d][j].ravel(), det.boxes[d][j], det.scores[d][j]]
-        paths, split = _track_gaps(gray, det.frame_index, pick, chosen >= 0, tolerance)
+        paths, split = _track_gaps(gray, scale, det.frame_index, pick, chosen >= 0, tolerance)
         split = split[: max(0, max_detections - len(det.frame_index))]
         if not split:
             break
@@ -128,8 +132,27 @@ def align_fast(
     )
 
 
+def _tracking_frames(frames: np.ndarray, det: Detections) -> tuple[list[np.ndarray], float]:
+    """Grayscale frames for LK, downscaled so the median detected face is about LK_FACE_SIDE wide, and the scale."""
+    sides = [np.sqrt(np.prod(b[:, 2:] - b[:, :2], axis=1)) for b in det.boxes if len(b)]
+    side = float(np.median(np.concatenate(sides))) if sides else float(max(frames.shape[1:3]))
+    scale = min(1.0, LK_FACE_SIDE / max(side, 1.0))
+    height, width = frames.shape[1:3]
+    dsize = (max(1, round(width * scale)), max(1, round(height * scale)))
+    gray = []
+    for frame in frames:
+        small = frame if scale == 1.0 else cv2.resize(frame, dsize, interpolation=cv2.INTER_AREA)
+        gray.append(cv2.cvtColor(small, cv2.COLOR_RGB2GRAY))
+    return gray, dsize[0] / width
+
+
 def _track_gaps(
-    gray: list[np.ndarray], index: np.ndarray, pick: np.ndarray, present: np.ndarray, tolerance: float
+    gray: list[np.ndarray],
+    scale: float,
+    index: np.ndarray,
+    pick: np.ndarray,
+    present: np.ndarray,
+    tolerance: float,
 ) -> tuple[dict[tuple[int, int], np.ndarray], list[int]]:
     """LK paths over the gaps between consecutive sightings, and the middle frames of gaps to split
     (those whose paths part by more than `tolerance` face sides, worst first)."""
@@ -139,9 +162,11 @@ def _track_gaps(
         a, b = int(index[d]), int(index[d + 1])
         if b - a < 2 or not (present[d] and present[d + 1]):
             continue
-        path, gap = track_between(gray, a, b, pick[d, :10].reshape(5, 2), pick[d + 1, :10].reshape(5, 2))
-        side = float(np.sqrt(max(np.prod(pick[d, 12:14] - pick[d, 10:12]), 1e-6)))
-        paths[(a, b)] = path
+        # Pixel centres map between the frames and their downscaled copies.
+        start, end = ((pick[e, :10].reshape(5, 2) + 0.5) * scale - 0.5 for e in (d, d + 1))
+        path, gap = track_between(gray, a, b, start, end)
+        side = float(np.sqrt(max(np.prod(pick[d, 12:14] - pick[d, 10:12]), 1e-6))) * scale
+        paths[(a, b)] = (path + 0.5) / scale - 0.5
         if gap > tolerance * side:
             split.append((gap / side, (a + b) // 2))
     return paths, [frame for _, frame in sorted(split, reverse=True)]

@@ -2,10 +2,11 @@
 
 The sampling rule is extract-frames' (the first decoded frame at or after each multiple of 1/fps,
 timestamps relative to the stream start, kept frames downscaled to `max_side`), but the decoder
-runs frame-threaded, only kept frames are converted to RGB, and with `skip_nonref` FFmpeg does
-not decode frames no other frame references (about 40% of a typical H.264 webcam clip). Skipping
-can move a sample by a frame or two (a tick may land on a skipped frame), so the pipeline never
-uses it: only `predict --fast` does.
+runs frame-threaded, only kept frames are converted (to RGB at their final size, in one swscale
+pass), and FFmpeg can be told to skip frames: `nonref` skips those no other frame references
+(about 40% of a typical H.264 webcam clip; samples move by up to a frame), `bidir` every B-frame
+(about 60%; samples move by up to three frames at 30 fps, which unevens the 5-fps flow steps).
+Skipping moves samples, so the pipeline never uses it: only `predict --fast` does.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import logging
 from pathlib import Path
 
 import av
-import cv2
 import numpy as np
 
 from stages.common import SkipClip
@@ -22,21 +22,26 @@ from stages.extract_frames import TIME_TOLERANCE_S, Frames, fit_size
 
 log = logging.getLogger(__name__)
 
+# Our names for FFmpeg's skip_frame (AVDiscard) settings.
+SKIP = {"none": "DEFAULT", "nonref": "NONREF", "bidir": "BIDIR"}
+
 
 def decode_sampled(
     video_path: str | Path,
     fps: float,
     max_side: int,
     threads: int = 0,
-    skip_nonref: bool = False,
+    skip: str = "none",
     min_coverage: float = 0.0,
 ) -> Frames:
     """Decode a video with PyAV and keep the first frame at or after each multiple of 1/fps seconds.
 
-    `threads` are the decoder's (0: FFmpeg's choice). Raises SkipClip when the file is missing,
+    `threads` are the decoder's (0: FFmpeg's choice); `skip` is one of SKIP. Raises SkipClip when the file is missing,
     empty, not a video, yields no frames, or (with `min_coverage` > 0) ends before that share of
     the duration its container declares.
     """
+    if skip not in SKIP:
+        raise ValueError(f"unknown skip mode {skip!r}; expected one of {sorted(SKIP)}")
     video_path = Path(video_path)
     if not video_path.is_file():
         raise SkipClip(f"missing video file {video_path.name}")
@@ -52,8 +57,7 @@ def decode_sampled(
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         stream.thread_count = threads
-        if skip_nonref:
-            stream.codec_context.skip_frame = "NONREF"
+        stream.codec_context.skip_frame = SKIP[skip]
         start = stream.start_time or 0
         duration = float(stream.duration * stream.time_base) if stream.duration else 0.0
         kept, times = [], []
@@ -93,8 +97,7 @@ def decode_sampled(
 
 
 def _to_rgb(frame: av.VideoFrame, size: tuple[int, int]) -> np.ndarray:
-    """One decoded frame as RGB uint8 at `size` (width, height), area-downscaled as extract-frames does."""
-    image = frame.to_ndarray(format="rgb24")
-    if (image.shape[1], image.shape[0]) != size:
-        image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-    return image
+    """One decoded frame as RGB uint8 at `size` (width, height), area-downscaled in the same swscale pass."""
+    if (frame.width, frame.height) == size:
+        return frame.to_ndarray(format="rgb24")
+    return frame.to_ndarray(width=size[0], height=size[1], format="rgb24", interpolation="AREA")

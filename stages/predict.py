@@ -60,8 +60,8 @@ STEPS = ("decode", "detect", "align", "flow", "forward")
 class FastConfig:
     """What `--fast` changes from the pipeline's preprocessing, and nothing else.
 
-    Frames are decoded with PyAV, skipping unreferenced frames (a sample may move by a frame or
-    two), and not WebP round-tripped; MTCNN runs on `detections` evenly spaced frames, plus up to
+    Frames are decoded with PyAV, skipping frames per `skip` (stages/fast_decode.py: a sample may
+    move by a frame with nonref, up to three with bidir), and not WebP round-tripped; MTCNN runs on `detections` evenly spaced frames, plus up to
     `max_detections` in all where the landmarks' Lucas-Kanade tracks between two sightings part
     by more than `tolerance` face sides (stages/fast_align.py). Flow and the network are unchanged.
     """
@@ -69,7 +69,7 @@ class FastConfig:
     detections: int = 8
     max_detections: int = 12
     tolerance: float = 0.1
-    skip_nonref: bool = True
+    skip: str = "nonref"  # none | nonref | bidir
 
 
 @dataclass(frozen=True)
@@ -78,11 +78,13 @@ class PredictParams:
 
     model: str = "data/model/best.pt"
     device: str = "cpu"  # cpu | cuda | auto (torch); MTCNN runs on the faces section's device
-    threads: int = 0  # torch and TensorFlow CPU threads; 0: their defaults
+    # torch and TensorFlow CPU threads; 0: their defaults. One clip's tensors are small, and spare
+    # OpenMP threads spin on a busy machine: 1 is faster there, and leaves cores to the decoder.
+    threads: int = 1
     fast_detections: int = FastConfig.detections
     fast_max_detections: int = FastConfig.max_detections
     fast_tolerance: float = FastConfig.tolerance
-    fast_skip_nonref: bool = FastConfig.skip_nonref
+    fast_skip: str = FastConfig.skip
 
     @classmethod
     def load(cls, path: str | Path = "params.yaml") -> PredictParams:
@@ -99,7 +101,7 @@ class PredictParams:
             detections=self.fast_detections,
             max_detections=self.fast_max_detections,
             tolerance=self.fast_tolerance,
-            skip_nonref=self.fast_skip_nonref,
+            skip=self.fast_skip,
         )
 
 
@@ -204,9 +206,7 @@ def read_frames(video: str | Path, frames_params: dict[str, Any], fast: FastConf
         check_frames(frames, p["min_frames"], p["min_coverage"])
         frames.frames = decode_frames(*encode_frames(frames.frames, p["codec"], p["quality"]))
         return frames
-    frames = decode_sampled(
-        video, p["fps"], p["max_side"], skip_nonref=fast.skip_nonref, min_coverage=p["min_coverage"]
-    )
+    frames = decode_sampled(video, p["fps"], p["max_side"], skip=fast.skip, min_coverage=p["min_coverage"])
     check_frames(frames, p["min_frames"], 0.0)
     return frames
 

@@ -28,14 +28,20 @@ def test_without_skipping_equals_extract_frames(clips: dict[str, Path], name: st
     assert np.abs(fast.frames.astype(int) - exact.frames).mean() < 2.0  # swscale vs OpenCV YUV->RGB
 
 
-def test_skipping_unreferenced_frames_moves_samples_by_at_most_two_frames(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("skip", "frames"), [("nonref", 2), ("bidir", 3)])
+def test_skipping_frames_moves_samples_later_by_a_few_frames(tmp_path: Path, skip: str, frames: int) -> None:
     video = make_face_clip(tmp_path / "long.mp4", seconds=4.0, fps=25.0)
     exact = sample_frames(video, 5, 320)
-    fast = decode_sampled(video, 5, 320, skip_nonref=True)
+    fast = decode_sampled(video, 5, 320, skip=skip)
     assert len(fast.timestamps) == len(exact.timestamps)
     shift = fast.timestamps - exact.timestamps
-    assert np.all(shift >= -1e-6) and np.all(shift <= 2 / 25 + 1e-6)
+    assert np.all(shift >= -1e-6) and np.all(shift <= frames / 25 + 1e-6)
     assert fast.source_frames < exact.source_frames  # some frames were really skipped
+
+
+def test_unknown_skip_mode_is_refused(clips: dict[str, Path]) -> None:
+    with pytest.raises(ValueError, match="skip mode"):
+        decode_sampled(clips["good"], 5, 160, skip="all")
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,176 @@
+"""Seconds per step of `predict` on one real clip, fast against exact, warm and cold.
+
+Warm: one process holds the model and MTCNN (a Predictor); after a warm-up clip, each path is
+timed `--repeat` times: decode, detect (inside MTCNN), align (the rest of alignment: resizing,
+tracking, warping), flow and forward (batching and the network), wall and CPU seconds. Exact is
+the straightforward path, every stage function at the checkpoint's params as the pipeline runs
+them; fast is `predict --fast`. Their scores are compared too. Cold: `python -m stages.predict`
+in a fresh process, from its start to the first prediction written.
+
+    python -m benchmarks.predict [--video PATH] [--model PATH] [--repeat 3] [--out FILE]
+
+Without a checkpoint at --model, an untrained network of the default config is saved to a
+temporary file (fine for timings; its scores mean nothing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from model.config import DataConfig, ModelConfig, TrainConfig
+from model.network import build_model
+from model.training import RunConfigs, save_checkpoint
+from stages.common import load_params, write_json
+from stages.predict import STEPS, Predictor, PredictParams
+
+REPO = Path(__file__).resolve().parents[1]
+REAL_CLIP = REPO.parent / "shared" / "data" / "videos" / "_G3kw9HwCqY.000.mp4"
+TARGET_SECONDS = 1.0
+
+log = logging.getLogger(__name__)
+
+
+def untrained_checkpoint(path: Path, params: dict[str, Any]) -> Path:
+    """A checkpoint of the params' default network with random weights and the params' preprocessing."""
+    torch.manual_seed(0)
+    configs = RunConfigs(
+        model=ModelConfig.from_params(params["model"]),
+        data=DataConfig.from_params(params),
+        train=TrainConfig.from_params(params["train"]),
+        preprocess={k: params[k] for k in ("frames", "faces", "flow")},
+    )
+    save_checkpoint(path, build_model(configs.model), configs)
+    return path
+
+
+def time_path(predictor: Predictor, video: Path, repeat: int) -> dict[str, Any]:
+    """Median wall seconds per step and in total, CPU seconds, detections and the last scores."""
+    runs = []
+    for _ in range(repeat):
+        cpu = time.process_time()
+        result = predictor.predict(video)
+        if not result.ok:
+            raise RuntimeError(f"{video}: {result.error}")
+        runs.append((result, time.process_time() - cpu, predictor.detector.images))
+    median = {step: statistics.median(r.timings[step] for r, _, _ in runs) for step in STEPS}
+    return {
+        "steps": median,
+        "total": statistics.median(r.seconds for r, _, _ in runs),
+        "cpu": statistics.median(c for _, c, _ in runs),
+        "detected_frames": runs[-1][2],
+        "detection_rate": runs[-1][0].detection_rate,
+        "scores": runs[-1][0].scores,
+    }
+
+
+def cold_start(video: Path, model: Path, fast: bool) -> dict[str, float]:  # fast: with params' fast knobs
+    """A fresh `python -m stages.predict` process: seconds to its JSON, and its own model-loading share."""
+    cmd = [sys.executable, "-m", "stages.predict", str(video.resolve()), "--model", str(model.resolve())] + (
+        ["--fast"] if fast else []
+    )
+    env = os.environ | {"TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(REPO)}
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        proc = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True, check=False)
+        seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"cold run failed ({proc.returncode}): {proc.stderr[-1000:]}")
+    out = json.loads(proc.stdout)
+    return {
+        "process_seconds": seconds,
+        "load_seconds": out["load_seconds"],
+        "clip_seconds": out["clips"][0]["seconds"],
+    }
+
+
+def report_lines(exact: dict[str, Any], fast: dict[str, Any], cold: dict[str, float]) -> list[str]:
+    lines = [f"{'step':<10}{'exact s':>10}{'fast s':>10}{'ratio':>8}"]
+    for step in STEPS:
+        e, f = exact["steps"][step], fast["steps"][step]
+        lines.append(f"{step:<10}{e:>10.3f}{f:>10.3f}{e / max(f, 1e-9):>8.1f}")
+    lines.append(
+        f"{'total':<10}{exact['total']:>10.3f}{fast['total']:>10.3f}{exact['total'] / fast['total']:>8.1f}"
+    )
+    lines.append(f"{'cpu':<10}{exact['cpu']:>10.3f}{fast['cpu']:>10.3f}{exact['cpu'] / fast['cpu']:>8.1f}")
+    lines.append(f"detected frames: exact {exact['detected_frames']}, fast {fast['detected_frames']}")
+    gap = np.abs(np.array(list(fast["scores"].values())) - list(exact["scores"].values()))
+    lines.append(f"|fast - exact| scores: max {gap.max():.4f}, mean {gap.mean():.4f}")
+    verdict = "meets" if fast["total"] <= TARGET_SECONDS else "misses"
+    lines.append(f"fast path {fast['total']:.3f} s per clip {verdict} the {TARGET_SECONDS:.1f} s target")
+    lines.append(
+        f"cold start (fresh process, --fast): {cold['process_seconds']:.2f} s to the first prediction, "
+        f"of which {cold['load_seconds']:.2f} s imports and loading, {cold['clip_seconds']:.2f} s the clip"
+    )
+    return lines
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--video", type=Path, default=REAL_CLIP)
+    parser.add_argument("--model", type=Path, default=Path(PredictParams.load().model))
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument(
+        "--threads", type=int, default=PredictParams.load().threads, help="torch/TF threads; 0: theirs"
+    )
+    parser.add_argument("--skip", choices=("none", "nonref", "bidir"), help="fast decoding's frame skipping")
+    parser.add_argument("--out", type=Path, help="also write the figures here as JSON")
+    args = parser.parse_args()
+    if not args.video.is_file():
+        sys.exit(f"no video at {args.video}: the real sample lives in ../shared/data beside the repo")
+    with tempfile.TemporaryDirectory() as tmp:
+        model, untrained = args.model, not args.model.is_file()
+        if untrained:
+            model = untrained_checkpoint(Path(tmp) / "untrained.pt", load_params())
+            print(f"no checkpoint at {args.model}: timing an untrained default-config network")
+        load_start = time.perf_counter()
+        exact_predictor = Predictor(model, threads=args.threads)
+        fast_predictor = copy.copy(exact_predictor)  # the same model and detector
+        fast_predictor.fast = PredictParams.load().fast()
+        if args.skip:
+            fast_predictor.fast = replace(fast_predictor.fast, skip=args.skip)
+        load_seconds = time.perf_counter() - load_start
+        for predictor in (exact_predictor, fast_predictor):  # first-call tracing of MTCNN and torch
+            predictor.predict(args.video)
+        exact = time_path(exact_predictor, args.video, args.repeat)
+        fast = time_path(fast_predictor, args.video, args.repeat)
+        cold = cold_start(args.video, model, fast=True)
+    print(
+        f"{args.video.name}: {args.repeat} runs each, median; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
+    )
+    print(
+        f"threads: {args.threads or 'library defaults'}; in-process model and detector loading: {load_seconds:.2f} s"
+    )
+    print("\n".join(report_lines(exact, fast, cold)))
+    if args.out:
+        write_json(
+            args.out,
+            {
+                "video": args.video.name,
+                "untrained_model": untrained,
+                "load_seconds": load_seconds,
+                "exact": exact,
+                "fast": fast,
+                "cold": cold,
+                "load_average": os.getloadavg()[0],
+            },
+        )
+
+
+if __name__ == "__main__":
+    main()

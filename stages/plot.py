@@ -207,6 +207,8 @@ def attention_section(ctx: Context) -> None:
     if not reduced:
         raise Missing(f"{ctx.cfg.attention} holds no cross-attention weights (fusion is not cross_attention)")
     faces = {str(c): f[len(f) // 2] for c, f in zip(dump["clips"], dump["faces"], strict=True)}
+    if dump["faces"].size and dump["faces"].min() == dump["faces"].max():
+        log.warning("%s: the dumped faces are one flat colour; the overlays show no face", ctx.cfg.attention)
     ctx.figure(
         am.attention_overlays(reduced, faces, ctx.boxes, ctx.cfg.attention_clips),
         "attention_maps",

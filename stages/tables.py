@@ -111,7 +111,9 @@ def write_table(frame: pd.DataFrame, out_dir: str | Path, name: str, caption: st
     out_dir = Path(out_dir)
     md_path, tex_path = out_dir / f"{name}.md", out_dir / f"{name}.tex"
     with atomic_path(md_path) as tmp:
-        tmp.write_text(f"{caption}\n\n{frame.to_markdown(index=False)}\n", encoding="utf-8")
+        tmp.write_text(
+            f"{caption}\n\n{frame.to_markdown(index=False, disable_numparse=True)}\n", encoding="utf-8"
+        )
     latex = frame.to_latex(
         index=False,
         caption=latex_escape(caption),

@@ -142,13 +142,15 @@ def prediction_scatter(pred: pd.DataFrame, title: str = "") -> Figure:
     for ax, trait in zip(axes[0], TRAITS, strict=True):
         t, p = pred[f"{trait}_true"], pred[f"{trait}_pred"]
         ax.scatter(t, p, s=10, alpha=0.7, color=TRAIT_COLOURS[trait], edgecolors="none")
-        lo = float(min(t.min(), p.min(), 0.2))
-        hi = float(max(t.max(), p.max(), 0.8))
+        lo = float(min(t.min(), p.min(), 0.2)) - 0.02
+        hi = float(max(t.max(), p.max(), 0.8)) + 0.02
         ax.plot([lo, hi], [lo, hi], color="black", lw=0.8, ls="--")
+        ax.set_xlim(lo, hi)
+        ax.set_ylim(lo, hi)
         r = np.corrcoef(t, p)[0, 1] if t.std() > 0 and p.std() > 0 else np.nan
         ax.set_title(f"{trait_label(trait)}\nr = {r:.2f}")
         ax.set_xlabel("true")
-        ax.set_aspect("equal", adjustable="datalim")
+        ax.set_aspect("equal")
     axes[0, 0].set_ylabel("predicted")
     if title:
         fig.suptitle(title)

@@ -217,8 +217,8 @@ def stream_importance_figure(result: StreamImportance, baseline: np.ndarray | No
     for i, (label, v) in enumerate(rows.items()):
         ax.bar(x + (i - (len(rows) - 1) / 2) * width, v, width, label=label, color=colours[i % len(colours)])
     ax.set_xticks(x, [n[0].upper() if n != "mean" else "mean" for n in names])
-    lo = float(np.nanmin(np.concatenate(list(rows.values()))))
-    ax.set_ylim(max(0.0, lo - 0.02), 1.0)
+    values = np.concatenate(list(rows.values()))
+    ax.set_ylim(max(0.0, float(np.nanmin(values)) - 0.02), min(1.0, float(np.nanmax(values)) + 0.03))
     ax.set_ylabel("1-MAE (test)")
     ax.set_title("stream importance: input zeroed at test time")
     ax.legend(frameon=False, fontsize=7, ncol=2)

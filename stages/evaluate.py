@@ -173,14 +173,14 @@ def _pad_to(a: np.ndarray, size: int, axis: int) -> np.ndarray:
 
 
 def sampled_faces(dataset: ClipDataset) -> np.ndarray:
-    """The normalized face frames of each item, back to uint8 [N, K, S, S, 3] for overlays."""
-    mean = torch.tensor(dataset.cfg.mean).view(1, 3, 1, 1)
-    std = torch.tensor(dataset.cfg.std).view(1, 3, 1, 1)
+    """The face frames each item feeds the network, uint8 [N, K, S, S, 3], for overlays."""
     size, k = dataset.cfg.static_size, dataset.cfg.static_frames
-    faces = [((dataset[i].faces * std + mean) * 255.0).round().clamp(0, 255) for i in range(len(dataset))]
+    faces = [
+        dataset[i].faces.permute(0, 2, 3, 1) for i in range(len(dataset))
+    ]  # items hold uint8 (K, 3, S, S)
     if not faces:
         return np.zeros((0, k, size, size, 3), np.uint8)
-    return torch.stack(faces).to(torch.uint8).permute(0, 1, 3, 4, 2).numpy()
+    return torch.stack(faces).numpy()
 
 
 # ---------------------------------------------------------------- tables and scores

@@ -36,7 +36,7 @@ from model.config import DataConfig, ModelConfig, TrainConfig
 from model.network import build_model
 from model.training import RunConfigs, save_checkpoint
 from stages.common import load_params, write_json
-from stages.predict import STEPS, Predictor, PredictParams
+from stages.predict import STEPS, Predictor, PredictParams, expand_inputs
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_CLIP = REPO.parent / "shared" / "data" / "videos" / "_G3kw9HwCqY.000.mp4"
@@ -78,8 +78,21 @@ def time_path(predictor: Predictor, video: Path, repeat: int) -> dict[str, Any]:
     }
 
 
+def throughput(predictor: Predictor, video: Path, clips: int) -> dict[str, float]:
+    """Wall and CPU seconds per clip when `clips` copies go through one predict_many (decoding prefetched)."""
+    cpu, start = time.process_time(), time.perf_counter()
+    results = predictor.predict_many([video] * clips, progress=False)
+    if not all(r.ok for r in results):
+        raise RuntimeError(f"{video}: {results[0].error}")
+    return {
+        "clips": clips,
+        "wall": (time.perf_counter() - start) / clips,
+        "cpu": (time.process_time() - cpu) / clips,
+    }
+
+
 def cold_start(video: Path, model: Path, fast: bool) -> dict[str, float]:  # fast: with params' fast knobs
-    """A fresh `python -m stages.predict` process: seconds to its JSON, and its own model-loading share."""
+    """A fresh `python -m stages.predict` process: seconds to its JSON, its start-up share and the clip's."""
     cmd = [sys.executable, "-m", "stages.predict", str(video.resolve()), "--model", str(model.resolve())] + (
         ["--fast"] if fast else []
     )
@@ -93,8 +106,23 @@ def cold_start(video: Path, model: Path, fast: bool) -> dict[str, float]:  # fas
     out = json.loads(proc.stdout)
     return {
         "process_seconds": seconds,
-        "load_seconds": out["load_seconds"],
+        "startup_seconds": out["startup_seconds"],
         "clip_seconds": out["clips"][0]["seconds"],
+    }
+
+
+def compare_paths(exact: Predictor, fast: Predictor, videos: list[Path]) -> dict[str, Any]:
+    """|fast - exact| score per output over clips both paths predict: mean and max, and the clip count."""
+    gaps = []
+    for video in videos:
+        a, b = exact.predict(video), fast.predict(video)
+        if a.ok and b.ok:
+            gaps.append([abs(b.scores[c] - a.scores[c]) for c in exact.columns])
+    gaps_arr = np.asarray(gaps).reshape(-1, len(exact.columns))
+    return {
+        "clips": len(gaps),
+        "mean": dict(zip(exact.columns, gaps_arr.mean(0).tolist(), strict=True)) if gaps else {},
+        "max": float(gaps_arr.max()) if gaps else float("nan"),
     }
 
 
@@ -114,7 +142,7 @@ def report_lines(exact: dict[str, Any], fast: dict[str, Any], cold: dict[str, fl
     lines.append(f"fast path {fast['total']:.3f} s per clip {verdict} the {TARGET_SECONDS:.1f} s target")
     lines.append(
         f"cold start (fresh process, --fast): {cold['process_seconds']:.2f} s to the first prediction, "
-        f"of which {cold['load_seconds']:.2f} s imports and loading, {cold['clip_seconds']:.2f} s the clip"
+        f"of which {cold['startup_seconds']:.2f} s start-up (imports, MTCNN, model) and {cold['clip_seconds']:.2f} s the clip"
     )
     return lines
 
@@ -126,9 +154,16 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=Path(PredictParams.load().model))
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument(
+        "--batch", type=int, default=4, help="clips per predict_many for the throughput figure"
+    )
+    parser.add_argument(
         "--threads", type=int, default=PredictParams.load().threads, help="torch/TF threads; 0: theirs"
     )
     parser.add_argument("--skip", choices=("none", "nonref", "bidir"), help="fast decoding's frame skipping")
+    parser.add_argument(
+        "--compare", type=Path, help="also compare fast and exact scores on this folder's clips"
+    )
+    parser.add_argument("--compare-clips", type=int, default=10, help="how many clips of --compare (sorted)")
     parser.add_argument("--out", type=Path, help="also write the figures here as JSON")
     args = parser.parse_args()
     if not args.video.is_file():
@@ -149,7 +184,15 @@ def main() -> None:
             predictor.predict(args.video)
         exact = time_path(exact_predictor, args.video, args.repeat)
         fast = time_path(fast_predictor, args.video, args.repeat)
+        batch = {
+            name: throughput(p, args.video, args.batch)
+            for name, p in (("exact", exact_predictor), ("fast", fast_predictor))
+        }
         cold = cold_start(args.video, model, fast=True)
+        compared = None
+        if args.compare:
+            videos = expand_inputs([args.compare])[: args.compare_clips]
+            compared = compare_paths(exact_predictor, fast_predictor, videos)
     print(
         f"{args.video.name}: {args.repeat} runs each, median; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
     )
@@ -157,6 +200,16 @@ def main() -> None:
         f"threads: {args.threads or 'library defaults'}; in-process model and detector loading: {load_seconds:.2f} s"
     )
     print("\n".join(report_lines(exact, fast, cold)))
+    for name, b in batch.items():
+        print(
+            f"{name} path, {b['clips']} clips in one predict_many (next clip decoded meanwhile): "
+            f"{b['wall']:.3f} s and {b['cpu']:.3f} CPU s per clip"
+        )
+    if compared:
+        means = ", ".join(f"{c[0].upper()} {v:.4f}" for c, v in compared["mean"].items())
+        print(
+            f"|fast - exact| on {compared['clips']} clips of {args.compare}: mean {means}; max {compared['max']:.4f}"
+        )
     if args.out:
         write_json(
             args.out,
@@ -167,6 +220,8 @@ def main() -> None:
                 "exact": exact,
                 "fast": fast,
                 "cold": cold,
+                "throughput": batch,
+                "compared": compared,
                 "load_average": os.getloadavg()[0],
             },
         )

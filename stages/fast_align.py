@@ -100,14 +100,14 @@ def align_fast(
     every = max(1, int(np.ceil((length - 1) / max(1, detections - 1))))
     det = detect_frames(frames, detection_indices(length, every), detector, cfg)
     gray, scale = _tracking_frames(frames, det)
-    paths: dict[tuple[int, int], np.ndarray] = {}
+    cache: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, float]] = {}
     while True:
         chosen = track_main_face(det, (width, height), cfg.track_distance)
         pick = np.zeros((len(chosen), 5 * 2 + 4 + 1))  # landmarks, box, score of the main face per detection
         for d in np.flatnonzero(chosen >= 0):
             j = chosen[d]
             pick[d] = np.r_[det.landmarks[d][j].ravel(), det.boxes[d][j], det.scores[d][j]]
-        paths, split = _track_gaps(gray, scale, det.frame_index, pick, chosen >= 0, tolerance)
+        paths, split = _track_gaps(gray, scale, det.frame_index, pick, chosen >= 0, tolerance, cache)
         split = split[: max(0, max_detections - len(det.frame_index))]
         if not split:
             break
@@ -153,9 +153,13 @@ def _track_gaps(
     pick: np.ndarray,
     present: np.ndarray,
     tolerance: float,
+    cache: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, float]],
 ) -> tuple[dict[tuple[int, int], np.ndarray], list[int]]:
     """LK paths over the gaps between consecutive sightings, and the middle frames of gaps to split
-    (those whose paths part by more than `tolerance` face sides, worst first)."""
+    (those whose paths part by more than `tolerance` face sides, worst first).
+
+    `cache` keeps each gap's ends, path and parting across rounds: only split gaps are tracked again.
+    """
     paths: dict[tuple[int, int], np.ndarray] = {}
     split: list[tuple[float, int]] = []
     for d in range(len(index) - 1):
@@ -164,7 +168,10 @@ def _track_gaps(
             continue
         # Pixel centres map between the frames and their downscaled copies.
         start, end = ((pick[e, :10].reshape(5, 2) + 0.5) * scale - 0.5 for e in (d, d + 1))
-        path, gap = track_between(gray, a, b, start, end)
+        ends = np.stack([start, end])
+        if (a, b) not in cache or not np.array_equal(cache[(a, b)][0], ends):
+            cache[(a, b)] = (ends, *track_between(gray, a, b, start, end))
+        _, path, gap = cache[(a, b)]
         side = float(np.sqrt(max(np.prod(pick[d, 12:14] - pick[d, 10:12]), 1e-6))) * scale
         paths[(a, b)] = (path + 0.5) / scale - 0.5
         if gap > tolerance * side:

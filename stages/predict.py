@@ -473,7 +473,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         logger.error("no model at %s: train one (dvc repro train) or pass --model PATH", args.model)
         return 2
     fast = params.fast() if args.fast else None
-    predictor = Predictor(args.model, args.device, fast, params.threads, args.params)
+    try:
+        predictor = Predictor(args.model, args.device, fast, params.threads, args.params)
+    except Exception as exc:  # noqa: BLE001 - an unreadable or incompatible checkpoint: say so, no traceback
+        logger.error("cannot load the model %s: %s: %s", args.model, type(exc).__name__, exc)
+        return 2
     # From the process's start: interpreter, imports (torch, TensorFlow), MTCNN and the model.
     startup_seconds = time.time() - psutil.Process().create_time()
     results = predictor.predict_many(videos, args.explain)

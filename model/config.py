@@ -58,8 +58,8 @@ class StaticConfig:
     """The 2D CNN on K sampled face frames."""
 
     backbone: str = "resnet18"
-    frames: int = 4  # K face frames per clip
-    input_size: int = 96  # faces are resized to this side before the CNN
+    frames: int = 2  # K face frames per clip
+    input_size: int = 64  # faces are resized to this side before the CNN
     pretrained: str = ""  # local torchvision state dict; empty: random init
     freeze: str = ""  # comma-separated parameter-name prefixes, or "upto:layer2"
 
@@ -71,7 +71,7 @@ class DynamicConfig:
     backbone: str = "light3d"
     frames: int = 0  # flow steps per clip (a contiguous window); 0: all steps
     input_size: int = 56  # flow fields are resized to this side (values rescaled to match)
-    channels: int = 32  # light3d: width of the first block (doubles per block)
+    channels: int = 16  # light3d: width of the first block (doubles per block)
     blocks: int = 3  # light3d: number of strided blocks after the stem
 
 
@@ -81,7 +81,7 @@ class FusionConfig:
 
     type: str = "cross_attention"
     direction: str = "bidirectional"
-    dim: int = 128
+    dim: int = 64
     heads: int = 4
     layers: int = 1
     residual: bool = True
@@ -96,7 +96,7 @@ class ModelConfig:
 
     streams: str = "both"
     outputs: str = "traits"  # traits | traits_interview
-    head_hidden: int = 128
+    head_hidden: int = 64
     dropout: float = 0.1
     static: StaticConfig = field(default_factory=StaticConfig)
     dynamic: DynamicConfig = field(default_factory=DynamicConfig)
@@ -145,8 +145,8 @@ class DataConfig:
     Built from the whole params mapping (it reads `model` and `train.augment`).
     """
 
-    static_frames: int = 4
-    static_size: int = 96
+    static_frames: int = 2
+    static_size: int = 64
     flow_steps: int = 0
     flow_size: int = 56
     label_columns: tuple[str, ...] = TRAITS
@@ -189,19 +189,19 @@ class TrainConfig:
     deterministic: bool = False
     device: str = "auto"  # auto | cpu | cuda
     threads: int = 0  # torch intra-op threads on CPU; 0: the number of cores
-    epochs: int = 12
-    batch_size: int = 16
+    epochs: int = 25
+    batch_size: int = 8
     workers: int = 0
     cache: bool = True
     loss: str = "mse"
-    lr: float = 2e-3
+    lr: float = 3e-3
     weight_decay: float = 1e-4
     schedule: str = "cosine"  # cosine (with linear warm-up) | plateau | none
     warmup_epochs: int = 1
     plateau_factor: float = 0.5
     plateau_patience: int = 2
     min_lr: float = 1e-5
-    patience: int = 6  # early stopping on validation mean 1-MAE; 0 disables
+    patience: int = 8  # early stopping on validation mean 1-MAE; 0 disables
     grad_clip: float = 1.0  # max gradient norm; 0 disables
     amp: bool = True  # mixed precision, used only on CUDA
     channels_last: bool = True

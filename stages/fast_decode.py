@@ -1,12 +1,12 @@
 """Fast timestamp sampling with PyAV for single-clip prediction: threaded decoding, optional skipping.
 
-The sampling rule is extract-frames' (the first decoded frame at or after each multiple of 1/fps,
-timestamps relative to the stream start, kept frames downscaled to `max_side`), but the decoder
-runs frame-threaded, only kept frames are converted (to RGB at their final size, in one swscale
-pass), and FFmpeg can be told to skip frames: `nonref` skips those no other frame references
-(about 40% of a typical H.264 webcam clip; samples move by up to a frame), `bidir` every B-frame
-(about 60%; samples move by up to three frames at 30 fps, which unevens the 5-fps flow steps).
-Skipping moves samples, so the pipeline never uses it: only `predict --fast` does.
+The sampling rule and pixels are extract-frames' (the first decoded frame at or after each
+multiple of 1/fps, timestamps relative to the stream start, kept frames area-downscaled to
+`max_side`: without skipping the frames are identical), but the decoder runs frame-threaded and
+FFmpeg can be told to skip frames: `nonref` skips those no other frame references (about 40% of
+a typical H.264 webcam clip; samples move by up to a frame), `bidir` every B-frame (about 60%;
+samples move by up to three frames at 30 fps, which unevens the 5-fps flow steps). Skipping
+moves samples, so the pipeline never uses it: only `predict --fast` does.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import logging
 from pathlib import Path
 
 import av
+import cv2
 import numpy as np
 
 from stages.common import SkipClip
@@ -97,7 +98,12 @@ def decode_sampled(
 
 
 def _to_rgb(frame: av.VideoFrame, size: tuple[int, int]) -> np.ndarray:
-    """One decoded frame as RGB uint8 at `size` (width, height), area-downscaled in the same swscale pass."""
-    if (frame.width, frame.height) == size:
-        return frame.to_ndarray(format="rgb24")
-    return frame.to_ndarray(width=size[0], height=size[1], format="rgb24", interpolation="AREA")
+    """One decoded frame as RGB uint8 at `size` (width, height), area-downscaled as extract-frames does.
+
+    (Converting at full size and resizing with OpenCV is faster than swscale's area scaling, and
+    gives extract-frames' exact pixels.)
+    """
+    image = frame.to_ndarray(format="rgb24")
+    if (image.shape[1], image.shape[0]) != size:
+        image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    return image

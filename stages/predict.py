@@ -69,7 +69,7 @@ class FastConfig:
     """
 
     detections: int = 8
-    max_detections: int = 12
+    max_detections: int = 16
     tolerance: float = 0.1
     skip: str = "nonref"  # none | nonref | bidir
 

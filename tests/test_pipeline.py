@@ -86,3 +86,49 @@ def test_a_later_param_reruns_only_later_stages(project: Path) -> None:
     assert "Running stage 'compute-flow'" in out
     assert "Running stage 'download-verify'" not in out
     assert "Running stage 'align-faces'" not in out
+
+
+def commit_all(root: Path, message: str) -> None:
+    run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "add", "-A"], root)
+    run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", message, "--allow-empty"], root)
+
+
+def test_push_then_pull_into_a_fresh_clone_restores_everything(project: Path, tmp_path: Path) -> None:
+    run(["dvc", "repro"], project)
+    run(["dvc", "remote", "add", "-d", "-f", "store", str(tmp_path / "remote")], project)
+    commit_all(project, "reproduced")
+    run(["dvc", "push"], project)
+
+    clone = tmp_path / "clone"
+    run(["git", "clone", "-q", str(project), str(clone)], tmp_path)
+    run(["dvc", "pull"], clone)
+    assert (clone / "data/model/best.pt").read_bytes() == (project / "data/model/best.pt").read_bytes()
+    assert sorted(p.name for p in (clone / "data/flow").rglob("*.npz")) == sorted(
+        p.name for p in (project / "data/flow").rglob("*.npz")
+    )
+    out = run(["dvc", "repro"], clone)
+    assert "Running stage" not in out, out
+
+
+def test_new_clips_are_the_only_ones_preprocessed_and_training_continues(
+    project: Path, tmp_path: Path
+) -> None:
+    before = json.loads((project / "reports/data/frames.json").read_text())
+    previous_model = tmp_path / "previous.pt"
+    shutil.copy2(project / "data/model/best.pt", previous_model)
+    n_train = yaml.safe_load((project / "params.yaml").read_text())["data"]["synthetic"]["n_train"]
+    apply_overrides(
+        project / "params.yaml",
+        {"data": {"synthetic": {"n_train": n_train + 2}}, "train": {"init_from": str(previous_model)}},
+    )
+    out = run(["dvc", "repro"], project)
+    assert "Running stage 'train'" in out
+    after = json.loads((project / "reports/data/frames.json").read_text())
+    assert after["counts"]["train"]["done"] == 2
+    assert (
+        after["counts"]["train"]["cached"]
+        == before["counts"]["train"]["done"] + before["counts"]["train"]["cached"]
+    )
+    for split in ("val", "test"):
+        assert after["counts"][split]["done"] == 0
+    assert f"init_from {previous_model}" in (project / "reports/logs/train.log").read_text()

@@ -1,7 +1,8 @@
 """Stage train: fit the dual-stream network on the train split, validate each epoch, keep checkpoints.
 
 Reads params `model` and `train` (and records `faces`/`flow` in the checkpoints); writes
-data/model/{best,last}.pt, dvclive logs under reports/train/ and reports/train.json.
+data/model/{best,last}.pt, dvclive logs under reports/train/ and its summary.json (clips used
+and skipped, best score and epoch, time, throughput, memory).
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from model.config import DataConfig, ModelConfig, TrainConfig
 from model.data import ClipDataset, make_loader
 from model.training import RunConfigs, resolve_device, seed_everything, train
 from stages.common import (
-    REPORTS_DIR,
     Clip,
     load_params,
     read_labels,
@@ -26,8 +26,6 @@ from stages.common import (
     setup_logging,
     write_json,
 )
-
-REPORT = REPORTS_DIR / "train.json"
 
 
 def available_clips(
@@ -93,7 +91,7 @@ def main() -> None:
     seconds = time.perf_counter() - start
     last = result.history[-1] if result.history else {}
     write_json(
-        REPORT,
+        Path(tcfg.live_dir) / "summary.json",
         {
             "device": str(resolve_device(tcfg.device)),
             "threads": torch.get_num_threads(),

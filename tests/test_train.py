@@ -219,5 +219,5 @@ def test_resume_after_a_kill_continues_from_the_right_epoch(dataset_dir: Path, t
     assert [h["epoch"] for h in history] == list(range(done + 2))
     assert {h["pid"] for h in history[:done]} == {first_pid}
     assert {h["pid"] for h in history[done:]} == {proc.pid}
-    report = json.loads((work / "reports" / "train.json").read_text())
+    report = json.loads((work / "live" / "summary.json").read_text())
     assert report["epochs_run"] == done + 2 and report["clips"] == {"train": 8, "val": 4}

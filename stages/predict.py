@@ -235,8 +235,9 @@ def model_batch(features: ClipFeatures, data_cfg: DataConfig, name: str = "clip"
     return collate([dataset[0]])
 
 
-def attention_maps(attention: torch.Tensor, static_grid: tuple[int, int, int], dynamic_grid: tuple[int, ...],
-                   n_real: int) -> np.ndarray:  # fmt: skip
+def attention_maps(
+    attention: torch.Tensor, static_grid: tuple[int, int, int], dynamic_grid: tuple[int, ...], n_real: int
+) -> np.ndarray:
     """Per face frame k, where its tokens look in the flow: [K, h, w] on the flow grid (each sums to 1).
 
     `attention` is one clip's static-to-dynamic weights [heads, Ls, Ld]; flow is computed on the
@@ -409,8 +410,9 @@ class Predictor:
 # ---------------------------------------------------------------- output and the command
 
 
-def write_results(results: list[ClipPrediction], columns: Sequence[str], fmt: str, out: str | None,
-                  meta: dict[str, Any]) -> None:  # fmt: skip
+def write_results(
+    results: list[ClipPrediction], columns: Sequence[str], fmt: str, out: str | None, meta: dict[str, Any]
+) -> None:
     """JSON (meta plus one record per clip) or CSV (one row per clip) to `out`, or stdout when None."""
     if fmt == "csv":
         buffer = io.StringIO()
@@ -437,8 +439,12 @@ def parse_args(argv: Sequence[str] | None, defaults: PredictParams) -> argparse.
     parser.add_argument("clips", nargs="+", help="video files, or folders whose .mp4 files are all predicted")
     parser.add_argument("--model", default=defaults.model, help=f"checkpoint (default {defaults.model})")
     parser.add_argument("--out", help="write here instead of stdout; a .csv name selects CSV")
-    parser.add_argument("--format", choices=("auto", "json", "csv"), default="auto",
-                        help="auto: CSV for a folder or a .csv --out, else JSON")  # fmt: skip
+    parser.add_argument(
+        "--format",
+        choices=("auto", "json", "csv"),
+        default="auto",
+        help="auto: CSV for a folder or a .csv --out",
+    )
     parser.add_argument(
         "--explain", metavar="DIR", help="save each clip's attention overlay as DIR/<clip>.png"
     )

@@ -144,15 +144,18 @@ EXPECTED_ERRORS = {
 def test_bad_inputs_fail_with_clear_messages_and_others_still_predict(
     predictor: Predictor, clips: dict[str, Path], tmp_path: Path
 ) -> None:
-    videos = [clips[name] for name in EXPECTED_ERRORS] + [tmp_path / "absent.mp4", clips["good"]]
-    videos.insert(3, clips["non_ascii"])
+    readable = ("good", "non_ascii", "grayscale", "portrait", "variable_fps")
+    videos = [clips[name] for name in EXPECTED_ERRORS] + [tmp_path / "absent.mp4"]
+    for i, name in enumerate(readable):  # interleaved, so each follows a failure
+        videos.insert(2 * i + 1, clips[name])
     results = {r.clip: r for r in predictor.predict_many(videos, progress=False)}
+    assert list(results) == [Path(v).stem for v in videos]
     for name, message in EXPECTED_ERRORS.items():
         assert not results[name].ok and message in results[name].error, (name, results[name].error)
         assert results[name].scores == {}
     assert not results["absent"].ok and "missing video file" in results["absent"].error
-    for name in ("good", NON_ASCII_NAME):
-        assert results[name].ok and len(results[name].scores) == len(TRAITS), results[name].error
+    for name in (NON_ASCII_NAME if n == "non_ascii" else n for n in readable):
+        assert results[name].ok and len(results[name].scores) == len(TRAITS), (name, results[name].error)
 
 
 def test_fast_mode_stays_close_to_the_pipeline(predictor: Predictor, clips: dict[str, Path]) -> None:

@@ -112,17 +112,22 @@ def cold_start(video: Path, model: Path, fast: bool) -> dict[str, float]:  # fas
 
 
 def compare_paths(exact: Predictor, fast: Predictor, videos: list[Path]) -> dict[str, Any]:
-    """|fast - exact| score per output over clips both paths predict: mean and max, and the clip count."""
-    gaps = []
+    """|fast - exact| score per output over clips both paths predict (mean, max), against the spread
+    (standard deviation) of the exact scores across those clips, and the clip count."""
+    gaps, scores = [], []
     for video in videos:
         a, b = exact.predict(video), fast.predict(video)
         if a.ok and b.ok:
             gaps.append([abs(b.scores[c] - a.scores[c]) for c in exact.columns])
-    gaps_arr = np.asarray(gaps).reshape(-1, len(exact.columns))
+            scores.append([a.scores[c] for c in exact.columns])
+    if not gaps:
+        return {"clips": 0, "mean": {}, "spread": {}, "max": float("nan")}
+    gaps_arr, scores_arr = np.asarray(gaps), np.asarray(scores)
     return {
         "clips": len(gaps),
-        "mean": dict(zip(exact.columns, gaps_arr.mean(0).tolist(), strict=True)) if gaps else {},
-        "max": float(gaps_arr.max()) if gaps else float("nan"),
+        "mean": dict(zip(exact.columns, gaps_arr.mean(0).tolist(), strict=True)),
+        "spread": dict(zip(exact.columns, scores_arr.std(0).tolist(), strict=True)),
+        "max": float(gaps_arr.max()),
     }
 
 
@@ -210,6 +215,8 @@ def main() -> None:
         print(
             f"|fast - exact| on {compared['clips']} clips of {args.compare}: mean {means}; max {compared['max']:.4f}"
         )
+        spread = ", ".join(f"{c[0].upper()} {v:.4f}" for c, v in compared["spread"].items())
+        print(f"  against the exact scores' standard deviation across those clips: {spread}")
     if args.out:
         write_json(
             args.out,

@@ -75,7 +75,8 @@ def main() -> None:
         rows = labels[labels["split"] == split]
         clips, missing = available_clips([Clip(c, split) for c in rows["clip"]], faces_dir, flow_dir)
         ds = ClipDataset(faces_dir, flow_dir, clips, labels, configs.data, train=split == "train")
-        missing.update(ds.preload())
+        if configs.data.cache:  # without a cache, reading every clip up front costs a full pass
+            missing.update(ds.preload())
         skipped[split] = missing
         datasets[split] = ds
         log.info("%s: %d clips (%d skipped)", split, len(ds), len(missing))

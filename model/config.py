@@ -174,7 +174,8 @@ class DataConfig:
     def from_dict(cls, d: dict[str, Any]) -> DataConfig:
         """Inverse of `asdict` (as stored in a checkpoint)."""
         d = dict(d)
-        d["augment"] = AugmentConfig(**d.get("augment", {}))
+        known = {f.name for f in fields(AugmentConfig)}  # older checkpoints also stored a hue jitter
+        d["augment"] = AugmentConfig(**{k: v for k, v in d.get("augment", {}).items() if k in known})
         for key in ("label_columns", "mean", "std"):
             if key in d:
                 d[key] = tuple(d[key])

@@ -2,7 +2,7 @@
 
 Checkpoints (`best.pt`, `last.pt`) hold the model, optimizer, scheduler and scaler states, the
 epoch to run next, the best validation score, the history, and every config that made them
-(model, data, train, and the faces/flow preprocessing params), so a run resumes exactly where
+(model, data, train, and the frames/faces/flow preprocessing params), so a run resumes exactly where
 it stopped and inference rebuilds the same network and preprocessing.
 """
 
@@ -41,7 +41,7 @@ class RunConfigs:
     model: ModelConfig
     data: DataConfig
     train: TrainConfig
-    preprocess: dict[str, dict[str, Any]] = field(default_factory=dict)  # params sections faces, flow
+    preprocess: dict[str, dict[str, Any]] = field(default_factory=dict)  # params sections frames, faces, flow
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -349,6 +349,9 @@ def train(
         scaler.load_state_dict(state["scaler"])
         start_epoch, best_score, best_epoch = state["epoch"], state["best_score"], state["best_epoch"]
         history = state["history"]
+        if live is not None:  # the logs restart with the run: replay the epochs already done
+            for row in history:
+                log_epoch(live, row)
         if state.get("stopped"):
             log.info("%s is from a run that already stopped early: nothing to resume", last_path)
             return TrainResult(best_score, best_epoch, len(history), True, history)

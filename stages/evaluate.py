@@ -319,6 +319,8 @@ def main() -> None:
     columns = tuple(configs.data.label_columns)
     labels = read_labels(cfg.labels)
     factors = read_labels(cfg.factors) if Path(cfg.factors).exists() else None
+    if factors is not None and not {f"{ORACLE_PREFIX}{c}" for c in columns} <= set(factors.columns):
+        factors = None  # real data: factors.csv holds only clip and split, there is no oracle
     train_truth = labels.loc[labels["split"] == "train", list(columns)].to_numpy(np.float64)
 
     results: dict[str, SplitResult] = {}

@@ -2,7 +2,7 @@
 
     python -m stages.predict CLIP|DIR [CLIP|DIR ...] [--model PATH] [--out FILE] [--explain DIR] [--fast]
 
-Each clip goes through extract-frames (`sample_frames`, the WebP round trip of its storage),
+Each clip goes through extract-frames (`sample_frames`, then the JPEG or WebP round trip of its storage),
 align-faces (`align_clip`) and compute-flow (`clip_flow`) with the `frames`, `faces` and `flow`
 params stored in the checkpoint, then through the evaluation's own batching (`ClipDataset`,
 `collate`), so a clip is preprocessed exactly as in training. `--fast` trades that identity for
@@ -50,8 +50,8 @@ log = logging.getLogger(__name__)
 FRAMES_DEFAULTS: dict[str, Any] = {
     "fps": 5,
     "max_side": 640,
-    "codec": "webp",
-    "quality": 85,
+    "codec": "jpeg",
+    "quality": 70,
     "min_frames": 8,
     "min_coverage": 0.9,
 }

@@ -1,6 +1,6 @@
 """Stage train: fit the dual-stream network on the train split, validate each epoch, keep checkpoints.
 
-Reads params `model` and `train` (and records `faces`/`flow` in the checkpoints); writes
+Reads params `model` and `train` (and records `frames`/`faces`/`flow` in the checkpoints); writes
 data/model/{best,last}.pt, dvclive logs under reports/train/ and its summary.json (clips used
 and skipped, best score and epoch, time, throughput, memory).
 """
@@ -61,7 +61,7 @@ def main() -> None:
         model=ModelConfig.from_params(params["model"]),
         data=DataConfig.from_params(params),
         train=tcfg,
-        preprocess={k: params.get(k, {}) for k in ("faces", "flow")},
+        preprocess={k: params.get(k, {}) for k in ("frames", "faces", "flow")},
     )
     torch.set_num_threads(tcfg.threads or resolve_workers(0))
     seed_everything(tcfg.seed, tcfg.deterministic)

@@ -221,3 +221,6 @@ def test_resume_after_a_kill_continues_from_the_right_epoch(dataset_dir: Path, t
     assert {h["pid"] for h in history[done:]} == {proc.pid}
     report = json.loads((work / "live" / "summary.json").read_text())
     assert report["epochs_run"] == done + 2 and report["clips"] == {"train": 8, "val": 4}
+    # the dvclive curves hold every epoch, those before the kill replayed from the checkpoint
+    loss = (work / "live" / "plots" / "metrics" / "train" / "loss.tsv").read_text().splitlines()
+    assert [int(line.split("\t")[0]) for line in loss[1:]] == list(range(done + 2))

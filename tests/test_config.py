@@ -36,7 +36,7 @@ def test_comments_survive_and_unknown_keys_are_refused(params_copy: Path) -> Non
     assert changed == ["frames.fps"]
     text = params_copy.read_text()
     assert "# sampling rate, by timestamp" in text
-    with pytest.raises(KeyError, match="frames.nonexistent"):
+    with pytest.raises(KeyError, match=r"frames\.nonexistent"):
         apply_overrides(params_copy, {"frames": {"nonexistent": 1}})
 
 

@@ -223,7 +223,9 @@ def run_clips(
         return results
     with ProcessPoolExecutor(max_workers=workers, initializer=initializer, initargs=initargs) as pool:
         futures = {pool.submit(_guarded, work, clip): clip for clip in clips}
-        for future in tqdm(as_completed(futures), total=len(futures), desc=desc, unit="clip", mininterval=1.0):
+        for future in tqdm(
+            as_completed(futures), total=len(futures), desc=desc, unit="clip", mininterval=1.0
+        ):
             results.append(future.result())
     order = {c.name: i for i, c in enumerate(clips)}
     results.sort(key=lambda r: order[r.clip])
@@ -251,7 +253,9 @@ def summarize(results: list[ClipResult]) -> dict[str, Any]:
         "ok": sum(r.status != "skipped" for r in results),
         "skipped": sum(r.status == "skipped" for r in results),
         "counts": counts,
-        "skipped_clips": [{"clip": r.clip, "split": r.split, "reason": r.reason} for r in results if r.status == "skipped"],
+        "skipped_clips": [
+            {"clip": r.clip, "split": r.split, "reason": r.reason} for r in results if r.status == "skipped"
+        ],
         "digests": {r.clip: r.digest for r in results if r.digest},
     }
 

@@ -163,7 +163,9 @@ def test_evaluate_run_writes_metrics_predictions_and_dumps(tiny_run):
         assert list(z["clips"]) == ["testclip0.000", "testclip1.001"]
         assert z["faces"].shape == (2, K, FACE, FACE, 3) and z["faces"].dtype == np.uint8
         with np.load(tiny_run / "faces" / "test" / "testclip0.000.npz") as src:
-            assert set(np.unique(z["faces"][0])) <= set(np.unique(src["faces"]))  # the frames, not a rescaled copy
+            assert set(np.unique(z["faces"][0])) <= set(
+                np.unique(src["faces"])
+            )  # the frames, not a rescaled copy
         assert z["faces"].std() > 10
         k, h, w = z["static_grid"]
         s2d = z["static_to_dynamic"]

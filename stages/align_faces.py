@@ -73,6 +73,7 @@ class AlignConfig:
     threshold_onet: float = 0.8
     track_distance: float = 1.0
     refine_motion: float = 0.15
+    eye_weight: int = 3
     min_valid_ratio: float = 0.5
 
     @classmethod
@@ -373,9 +374,16 @@ def nearest_valid(valid: np.ndarray) -> np.ndarray:
     return np.where(np.abs(frames - left) <= np.abs(right - frames), left, right)
 
 
-def similarity_matrix(landmarks: np.ndarray, target: np.ndarray) -> np.ndarray:
-    """The least-squares similarity [2, 3] that maps the five landmarks onto the template."""
-    transform = SimilarityTransform.from_estimate(landmarks.astype(np.float64), target.astype(np.float64))
+def similarity_matrix(landmarks: np.ndarray, target: np.ndarray, eye_weight: int = 1) -> np.ndarray:
+    """The least-squares similarity [2, 3] that maps the five landmarks onto the template.
+
+    The eyes count `eye_weight` times: they are the most reliable landmarks, and a turned head
+    bends the nose and mouth away from the template first.
+    """
+    extra = max(0, int(eye_weight) - 1)
+    src = np.concatenate([landmarks[:5], np.tile(landmarks[:2], (extra, 1))]).astype(np.float64)
+    dst = np.concatenate([target[:5], np.tile(target[:2], (extra, 1))]).astype(np.float64)
+    transform = SimilarityTransform.from_estimate(src, dst)
     if not transform:
         raise ValueError(f"no similarity transform for landmarks {landmarks.tolist()}")
     return transform.params[:2]
@@ -438,7 +446,9 @@ def align_clip(frames: np.ndarray, detector: FaceDetector, cfg: AlignConfig) -> 
     target = template(cfg.size, cfg.margin)
     faces = np.empty((length, cfg.size, cfg.size, 3), np.uint8)
     for t in range(length):
-        faces[t] = warp_face(frames[source[t]], similarity_matrix(landmarks[t], target), cfg.size)
+        faces[t] = warp_face(
+            frames[source[t]], similarity_matrix(landmarks[t], target, cfg.eye_weight), cfg.size
+        )
     return FaceTrack(
         faces=faces,
         valid=valid,

@@ -122,7 +122,9 @@ def align_fast(
     target = template(cfg.size, cfg.margin)
     faces = np.empty((length, cfg.size, cfg.size, 3), np.uint8)
     for t in range(length):
-        faces[t] = warp_face(frames[source[t]], similarity_matrix(landmarks[t], target), cfg.size)
+        faces[t] = warp_face(
+            frames[source[t]], similarity_matrix(landmarks[t], target, cfg.eye_weight), cfg.size
+        )
     return FaceTrack(
         faces=faces,
         valid=valid,

@@ -157,14 +157,14 @@ def test_real_clip_is_aligned_onto_the_template(real_clip: Path, detector: af.Fa
     assert track.valid.mean() >= 0.95
     assert track.confidence[track.valid].min() > CFG.threshold_onet
     target = af.template(CFG.size, CFG.margin)
-    # The similarity fit itself: the tracked eyes land on the template's eyes (a turned head bends the
-    # five-point layout, so a few frames fit less well).
+    # The similarity fit itself: in every crop the tracked eyes land within 3 px of the template's
+    # eyes (weighting the eyes in the fit keeps a turned head's bent layout from pulling them off).
     residual = []
     for landmarks in track.landmarks:
-        matrix = af.similarity_matrix(landmarks, target)
+        matrix = af.similarity_matrix(landmarks, target, CFG.eye_weight)
         eyes = landmarks[:2] @ matrix[:, :2].T + matrix[:, 2]
         residual.append(np.linalg.norm(eyes - target[:2], axis=1).max())
-    assert np.mean(np.array(residual) < 3.0) >= 0.95 and max(residual) < 5.0
+    assert max(residual) < 3.0
     # The honest check: MTCNN finds the eyes of the aligned crops where the template puts them.
     errors = eye_errors(track.faces[::3], detector, CFG)
     assert not np.isnan(errors).any()

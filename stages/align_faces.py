@@ -427,11 +427,7 @@ def align_clip(frames: np.ndarray, detector: FaceDetector, cfg: AlignConfig) -> 
     det = detect_clip(frames, detector, cfg)
     chosen = track_main_face(det, (width, height), cfg.track_distance)
     present = chosen >= 0
-    pick = np.zeros((len(chosen), 5 * 2 + 4 + 1))  # landmarks, box, score of the main face per detection
-    for d in np.flatnonzero(present):
-        j = chosen[d]
-        pick[d] = np.r_[det.landmarks[d][j].ravel(), det.boxes[d][j], det.scores[d][j]]
-    values, valid = interpolate_track(det.frame_index, pick, present, length)
+    values, valid = interpolate_track(det.frame_index, main_face_values(det, chosen), present, length)
     log.debug(
         "%d frames, detected on %d, main face on %d, valid %d",
         length,
@@ -440,6 +436,22 @@ def align_clip(frames: np.ndarray, detector: FaceDetector, cfg: AlignConfig) -> 
         valid.sum(),
     )
     check_coverage(valid, cfg.min_valid_ratio)
+    return build_track(frames, values, valid, cfg)
+
+
+def main_face_values(det: Detections, chosen: np.ndarray) -> np.ndarray:
+    """Per detected frame, the main face's landmarks (10), box (4) and score (1); zeros where absent."""
+    values = np.zeros((len(chosen), 5 * 2 + 4 + 1))
+    for d in np.flatnonzero(chosen >= 0):
+        j = chosen[d]
+        values[d] = np.r_[det.landmarks[d][j].ravel(), det.boxes[d][j], det.scores[d][j]]
+    return values
+
+
+def build_track(frames: np.ndarray, values: np.ndarray, valid: np.ndarray, cfg: AlignConfig) -> FaceTrack:
+    """Smooth the per-frame track `values` (as main_face_values), fill invalid frames from the
+    nearest valid one, and warp every frame onto the template."""
+    length = len(frames)
     values = smooth_track(values, valid, cfg.smooth_window)
     source = nearest_valid(valid)
     landmarks = values[source, :10].reshape(length, 5, 2)

@@ -22,17 +22,14 @@ from stages.align_faces import (
     FaceDetector,
     FaceTrack,
     as_rgb,
+    build_track,
     check_coverage,
     detect_frames,
     detection_indices,
     interpolate_track,
+    main_face_values,
     merge_detections,
-    nearest_valid,
-    similarity_matrix,
-    smooth_track,
-    template,
     track_main_face,
-    warp_face,
 )
 from stages.common import SkipClip
 
@@ -103,10 +100,7 @@ def align_fast(
     cache: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, float]] = {}
     while True:
         chosen = track_main_face(det, (width, height), cfg.track_distance)
-        pick = np.zeros((len(chosen), 5 * 2 + 4 + 1))  # landmarks, box, score of the main face per detection
-        for d in np.flatnonzero(chosen >= 0):
-            j = chosen[d]
-            pick[d] = np.r_[det.landmarks[d][j].ravel(), det.boxes[d][j], det.scores[d][j]]
+        pick = main_face_values(det, chosen)
         paths, split = _track_gaps(gray, scale, det.frame_index, pick, chosen >= 0, tolerance, cache)
         split = split[: max(0, max_detections - len(det.frame_index))]
         if not split:
@@ -116,22 +110,7 @@ def align_fast(
     check_coverage(valid, cfg.min_valid_ratio)
     for (a, b), path in paths.items():
         values[a + 1 : b, :10] = path[1:-1].reshape(b - a - 1, 10)
-    values = smooth_track(values, valid, cfg.smooth_window)
-    source = nearest_valid(valid)
-    landmarks = values[source, :10].reshape(length, 5, 2)
-    target = template(cfg.size, cfg.margin)
-    faces = np.empty((length, cfg.size, cfg.size, 3), np.uint8)
-    for t in range(length):
-        faces[t] = warp_face(
-            frames[source[t]], similarity_matrix(landmarks[t], target, cfg.eye_weight), cfg.size
-        )
-    return FaceTrack(
-        faces=faces,
-        valid=valid,
-        boxes=values[source, 10:14].astype(np.float32),
-        landmarks=landmarks.astype(np.float32),
-        confidence=np.where(valid, values[:, 14], 0.0).astype(np.float32),
-    )
+    return build_track(frames, values, valid, cfg)
 
 
 def _tracking_frames(frames: np.ndarray, det: Detections) -> tuple[list[np.ndarray], float]:

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
 from model.config import AugmentConfig, DataConfig
@@ -248,14 +248,32 @@ def _seed_worker(worker_id: int) -> None:
     np.random.seed(torch.initial_seed() % 2**32)
 
 
-def make_loader(dataset: ClipDataset, batch_size: int, shuffle: bool, workers: int, seed: int) -> DataLoader:
-    """A reproducible DataLoader over the dataset with `collate`."""
+def make_loader(
+    dataset: ClipDataset,
+    batch_size: int,
+    shuffle: bool,
+    workers: int,
+    seed: int,
+    num_replicas: int = 1,
+    rank: int = 0,
+) -> DataLoader:
+    """A reproducible DataLoader over the dataset with `collate`.
+
+    With num_replicas > 1 (DDP) it reads only this rank's shard through a DistributedSampler;
+    call `loader.sampler.set_epoch(epoch)` each epoch for a new shuffle.
+    """
     generator = torch.Generator()
     generator.manual_seed(seed)
+    sampler = None
+    if num_replicas > 1:
+        sampler = DistributedSampler(
+            dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed
+        )
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=shuffle,
+        shuffle=shuffle and sampler is None,
+        sampler=sampler,
         num_workers=workers,
         collate_fn=partial(collate, cfg=dataset.cfg, train=dataset.train),
         generator=generator,

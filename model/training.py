@@ -22,10 +22,11 @@ import numpy as np
 import psutil
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 
-from model import metrics
+from model import distributed, metrics
 from model.config import DataConfig, ModelConfig, TrainConfig
+from model.distributed import DistContext
 from model.network import DualStreamNet, build_model
 from stages.common import atomic_path
 
@@ -141,7 +142,7 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per
 
 
 def train_one_epoch(
-    model: DualStreamNet,
+    model: nn.Module,
     loader: DataLoader,
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
@@ -150,7 +151,7 @@ def train_one_epoch(
     device: torch.device,
     cfg: TrainConfig,
 ) -> dict[str, float]:
-    """One pass over the training loader; returns the mean loss and throughput."""
+    """One pass over the training loader; returns the mean loss and throughput (of this process's share)."""
     model.train()
     use_amp = cfg.amp and device.type == "cuda"
     total, n, start = 0.0, 0, time.perf_counter()
@@ -314,16 +315,23 @@ def train(
     val_loader: DataLoader,
     out_dir: str | Path,
     live: Any | None = None,
+    ctx: DistContext | None = None,
 ) -> TrainResult:
     """Train with validation each epoch; best.pt on a better validation mean 1-MAE, last.pt always.
 
     `train.resume` continues from out_dir/last.pt; `train.init_from` starts from other weights.
     `live` is a dvclive.Live (or None): one step per epoch; open it with resume=False, a resumed
     run replays the epochs stored in the checkpoint.
+
+    Under DDP (`ctx` from `distributed.setup`, train_loader sharded by rank) the model is wrapped in
+    DistributedDataParallel, the training loss is averaged over ranks, rank 0 alone validates, writes
+    checkpoints and logs (pass live only there), and its validation score is broadcast so that every
+    rank takes the same scheduler and early-stopping decisions.
     """
     cfg = configs.train
+    ctx = ctx or DistContext()
     out_dir = Path(out_dir)
-    device = resolve_device(cfg.device)
+    device = distributed.local_device(resolve_device(cfg.device), ctx)
     model = build_model(configs.model)
     last_path = out_dir / LAST
     resume = cfg.resume and last_path.exists()
@@ -365,19 +373,26 @@ def train(
 
     columns = configs.data.label_columns
     val_targets = val_loader.dataset.targets
+    net = distributed.wrap(model, ctx, device)
     stopped_early = False
     epoch = start_epoch
     for epoch in range(start_epoch, cfg.epochs):
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
+        if isinstance(train_loader.sampler, DistributedSampler):
+            train_loader.sampler.set_epoch(epoch)
         t0 = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
-        fit = train_one_epoch(model, train_loader, optimizer, scheduler, loss_fn, scaler, device, cfg)
-        _, preds, _ = predict(model, val_loader, device)
-        val = validation_scores(preds, val_targets, columns, loss_fn)
+        fit = train_one_epoch(net, train_loader, optimizer, scheduler, loss_fn, scaler, device, cfg)
+        fit["loss"] = distributed.all_reduce_mean(fit["loss"], ctx)
+        fit["clips_per_second"] = distributed.all_reduce_mean(fit["clips_per_second"], ctx) * ctx.world_size
+        val: dict[str, float] = {"loss": math.nan, "1-mae/mean": math.nan}
+        if ctx.is_main:
+            _, preds, _ = predict(model, val_loader, device)
+            val = validation_scores(preds, val_targets, columns, loss_fn)
+        score = distributed.broadcast_float(val["1-mae/mean"], ctx)
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            scheduler.step(val["1-mae/mean"])
-        score = val["1-mae/mean"]
+            scheduler.step(score)
         improved = score > best_score
         if improved:
             best_score, best_epoch = score, epoch
@@ -402,17 +417,18 @@ def train(
             "history": history,
             "stopped": cfg.patience > 0 and epoch - best_epoch >= cfg.patience,
         }
-        if improved:
-            save_checkpoint(out_dir / BEST, model, configs, **state)
-        save_checkpoint(last_path, model, configs, **state)
-        log.info(
-            "epoch %d/%d: train loss %.4f, val loss %.4f, val 1-MAE %.4f (best %.4f @%d), %.1f s, %.1f clips/s",
-            epoch + 1, cfg.epochs, fit["loss"], val["loss"], score, best_score, best_epoch + 1,
-            row["epoch_seconds"], fit["clips_per_second"],
-        )  # fmt: skip
+        if ctx.is_main:  # the other ranks hold the same weights: one writer
+            if improved:
+                save_checkpoint(out_dir / BEST, model, configs, **state)
+            save_checkpoint(last_path, model, configs, **state)
+            log.info(
+                "epoch %d/%d: train loss %.4f, val loss %.4f, val 1-MAE %.4f (best %.4f @%d), %.1f s, %.1f clips/s",
+                epoch + 1, cfg.epochs, fit["loss"], val["loss"], score, best_score, best_epoch + 1,
+                row["epoch_seconds"], fit["clips_per_second"],
+            )  # fmt: skip
         if live is not None:
             log_epoch(live, row)
-        if state["stopped"]:
+        if state["stopped"]:  # from the broadcast score: every rank stops at the same epoch
             log.info("early stop: no improvement for %d epochs", cfg.patience)
             stopped_early = True
             break

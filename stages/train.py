@@ -3,10 +3,15 @@
 Reads params `model` and `train` (and records `frames`/`faces`/`flow` in the checkpoints); writes
 data/model/{best,last}.pt, dvclive logs under reports/train/ and its summary.json (clips used
 and skipped, best score and epoch, time, throughput, memory).
+
+Data-parallel on N GPUs (or CPU processes): `torchrun --standalone --nproc_per_node N -m stages.train`;
+rank 0 alone writes the checkpoints, logs and summary (see model/distributed.py).
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -14,6 +19,7 @@ from typing import Any
 import torch
 from dvclive import Live
 
+from model import distributed
 from model.config import DataConfig, ModelConfig, TrainConfig
 from model.data import ClipDataset, make_loader
 from model.training import RunConfigs, resolve_device, seed_everything, train
@@ -54,9 +60,22 @@ def flat(prefix: str, d: dict[str, Any]) -> dict[str, Any]:
 
 
 def main() -> None:
-    log = setup_logging("train")
     params = load_params()
     tcfg = TrainConfig.from_params(params["train"])
+    ctx = distributed.setup(resolve_device(tcfg.device))
+    try:
+        run(params, tcfg, ctx)
+    finally:
+        distributed.cleanup(ctx)
+
+
+def run(params: dict[str, Any], tcfg: TrainConfig, ctx: distributed.DistContext) -> None:
+    """The stage in one process; under torchrun, one rank of it (rank 0 writes every output)."""
+    if ctx.is_main:
+        log = setup_logging("train")
+    else:
+        logging.basicConfig(level=logging.WARNING)
+        log = logging.getLogger("stages.train")
     configs = RunConfigs(
         model=ModelConfig.from_params(params["model"]),
         data=DataConfig.from_params(params),
@@ -64,9 +83,9 @@ def main() -> None:
         preprocess={k: params.get(k, {}) for k in ("frames", "faces", "flow")},
     )
     torch.set_num_threads(tcfg.threads or resolve_workers(0))
-    seed_everything(tcfg.seed, tcfg.deterministic)
+    seed_everything(tcfg.seed + ctx.rank, tcfg.deterministic)  # DDP broadcasts rank 0's initial weights
     faces_dir, flow_dir, out_dir = Path(tcfg.faces_dir), Path(tcfg.flow_dir), Path(tcfg.out_dir)
-    if out_dir.exists():
+    if out_dir.exists() and ctx.is_main:
         remove_partials(out_dir)
 
     labels = read_labels(tcfg.labels)
@@ -83,18 +102,25 @@ def main() -> None:
         if len(ds) == 0:
             raise SystemExit(f"train: no usable {split} clips in {faces_dir} and {flow_dir}")
 
-    train_loader = make_loader(datasets["train"], tcfg.batch_size, True, tcfg.workers, tcfg.seed)
+    train_loader = make_loader(
+        datasets["train"], tcfg.batch_size, True, tcfg.workers, tcfg.seed, ctx.world_size, ctx.rank
+    )
     val_loader = make_loader(datasets["val"], tcfg.batch_size, False, tcfg.workers, tcfg.seed)
     start = time.perf_counter()
-    with Live(tcfg.live_dir, resume=False, save_dvc_exp=False, dvcyaml=None) as live:
-        live.log_params({**flat("model", params["model"]), **flat("train", params["train"])})
-        result = train(configs, train_loader, val_loader, out_dir, live)
+    live_ctx = Live(tcfg.live_dir, resume=False, save_dvc_exp=False, dvcyaml=None) if ctx.is_main else None
+    with live_ctx or contextlib.nullcontext() as live:
+        if live is not None:
+            live.log_params({**flat("model", params["model"]), **flat("train", params["train"])})
+        result = train(configs, train_loader, val_loader, out_dir, live, ctx)
     seconds = time.perf_counter() - start
+    if not ctx.is_main:
+        return
     last = result.history[-1] if result.history else {}
     write_json(
         Path(tcfg.live_dir) / "summary.json",
         {
             "device": str(resolve_device(tcfg.device)),
+            "world_size": ctx.world_size,
             "threads": torch.get_num_threads(),
             "clips": {split: len(ds) for split, ds in datasets.items()},
             "skipped": {split: len(s) for split, s in skipped.items()},

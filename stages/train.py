@@ -82,7 +82,8 @@ def run(params: dict[str, Any], tcfg: TrainConfig, ctx: distributed.DistContext)
         train=tcfg,
         preprocess={k: params.get(k, {}) for k in ("frames", "faces", "flow")},
     )
-    torch.set_num_threads(tcfg.threads or resolve_workers(0))
+    # under DDP on the CPU the ranks share the cores
+    torch.set_num_threads(tcfg.threads or max(1, resolve_workers(0) // ctx.world_size))
     seed_everything(tcfg.seed + ctx.rank, tcfg.deterministic)  # DDP broadcasts rank 0's initial weights
     faces_dir, flow_dir, out_dir = Path(tcfg.faces_dir), Path(tcfg.flow_dir), Path(tcfg.out_dir)
     if out_dir.exists() and ctx.is_main:

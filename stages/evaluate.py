@@ -353,6 +353,11 @@ def main() -> None:
         if dump is not None:
             write_test_dumps(inference, dump, truth, columns, cfg)
 
+    Path(cfg.predictions_dir).mkdir(parents=True, exist_ok=True)
+    if ATTENTION_SPLIT not in results:  # the declared dumps exist even when the split could not be scored
+        reason = np.array(f"{ATTENTION_SPLIT}: too few usable clips to score")
+        save_npz(cfg.attention, skipped=reason)
+        save_npz(cfg.embeddings, skipped=reason)
     write_json(cfg.metrics, metrics_json(results))
     report["seconds"] = time.perf_counter() - start
     write_json(cfg.report, report)

@@ -219,3 +219,14 @@ def test_evaluate_runs_every_ablation(tiny_run, overrides):
     with np.load(tiny_run / "reports" / "embeddings" / "test.npz") as z:
         assert ("static_emb" in z) == (configs.model.streams != "dynamic")
         assert ("dynamic_emb" in z) == (configs.model.streams != "static")
+
+
+def test_an_unscorable_test_split_still_leaves_every_declared_output(tiny_run):
+    for name in ("testclip0.000", "testclip1.001"):
+        (tiny_run / "faces" / "test" / f"{name}.npz").unlink()
+    evaluate.main()  # one usable test clip: too few to score
+    m = json.loads((tiny_run / "reports" / "metrics.json").read_text())
+    assert "test" not in m and "val" in m
+    for dump in ("attention", "embeddings"):
+        with np.load(tiny_run / "reports" / dump / "test.npz") as z:
+            assert "too few usable clips" in str(z["skipped"])

@@ -68,8 +68,10 @@ def save_figure(fig: Figure, out_dir: str | Path, name: str) -> list[Path]:
     paths = []
     for fmt in FORMATS:
         path = Path(out_dir) / f"{name}.{fmt}"
+        # no creation date in the PDF, so the same figure gives the same bytes on every run
+        metadata = {"CreationDate": None} if fmt == "pdf" else None
         with atomic_path(path) as tmp:
-            fig.savefig(tmp, format=fmt)
+            fig.savefig(tmp, format=fmt, metadata=metadata)
         paths.append(path)
     plt.close(fig)
     log.info("figure %s", paths[0].with_suffix(""))

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import matplotlib.image as mpimg
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
@@ -74,3 +77,13 @@ def test_metric_bars_with_and_without_oracle(tmp_path):
     figures.save_figure(fig, tmp_path, "bars")
     with pytest.raises(ValueError):
         figures.metric_bars(m, "val")
+
+
+def test_the_same_figure_gives_the_same_bytes(tmp_path: Path) -> None:
+    """Reruns must not churn the committed figures: no creation date in the PDF."""
+    digests = []
+    for run in ("a", "b"):
+        fig, ax = plt.subplots()
+        ax.plot([0, 1, 4])
+        digests.append([p.read_bytes() for p in figures.save_figure(fig, tmp_path / run, "curve")])
+    assert digests[0] == digests[1]

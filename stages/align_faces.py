@@ -11,7 +11,6 @@ import logging
 import os
 import time
 from dataclasses import dataclass, fields
-from pathlib import Path
 from typing import Any, Protocol
 
 import cv2
@@ -27,12 +26,11 @@ from stages.common import (
     file_digest,
     load_params,
     output_key,
-    prune_outputs,
-    read_clips,
-    remove_partials,
+    prepare_outputs,
     resolve_workers,
     run_clips,
     save_npz,
+    section_config,
     setup_logging,
     stored_key,
     summarize,
@@ -79,8 +77,7 @@ class AlignConfig:
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> AlignConfig:
         """Take the fields this class knows from the `faces` section, ignoring the rest (workers...)."""
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in params.items() if k in names})
+        return section_config(cls, params, "faces", strict=False)
 
 
 @dataclass
@@ -572,10 +569,7 @@ def detection_report(results: list[ClipResult]) -> dict[str, Any]:
 def main() -> None:
     params = load_params("faces")
     logger = setup_logging("align_faces")
-    out_dir = Path(params["out_dir"])
-    removed = remove_partials(out_dir) if out_dir.exists() else 0
-    clips = read_clips(params["labels"])
-    pruned = prune_outputs(out_dir, [c.path(out_dir) for c in clips]) if out_dir.exists() else 0
+    clips, removed, pruned = prepare_outputs(params["labels"], params["out_dir"])
     workers = resolve_workers(params["workers"])
     threads = max(1, resolve_workers(0) // workers)
     logger.info(

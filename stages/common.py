@@ -17,9 +17,9 @@ import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -36,6 +36,8 @@ REPORTS_DIR = Path("reports")
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 
 # ---------------------------------------------------------------- params and logging
 
@@ -49,6 +51,25 @@ def load_params(section: str | None = None, path: str | Path = "params.yaml") ->
     if section not in params:
         raise KeyError(f"params file {path} has no section {section!r}")
     return params[section]
+
+
+def section_config(cls: type[T], section: dict[str, Any] | None, name: str, strict: bool = True) -> T:
+    """The dataclass `cls` from a params section; each value takes the type of the field's default.
+
+    strict: a key the class does not know is an error, so a typo never passes silently; otherwise
+    such keys (workers, paths read elsewhere) are ignored.
+    """
+    known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    section = dict(section or {})
+    unknown = sorted(set(section) - known)
+    if unknown and strict:
+        raise KeyError(f"{name}: unknown params {unknown}")
+    defaults = cls()
+    return cls(**{k: _like(getattr(defaults, k), v) for k, v in section.items() if k in known})
+
+
+def _like(default: Any, value: Any) -> Any:
+    return type(default)(value) if isinstance(default, bool | int | float | str) else value
 
 
 def setup_logging(stage: str, log_dir: str | Path = REPORTS_DIR / "logs") -> logging.Logger:
@@ -258,6 +279,16 @@ def summarize(results: list[ClipResult]) -> dict[str, Any]:
         ],
         "digests": {r.clip: r.digest for r in results if r.digest},
     }
+
+
+def prepare_outputs(labels: str | Path, out_dir: str | Path) -> tuple[list[Clip], int, int]:
+    """The clips listed in labels.csv, after removing from `out_dir` the partial files an
+    interrupted run left and the outputs of clips no longer listed; returns (clips, removed, pruned)."""
+    out_dir = Path(out_dir)
+    removed = remove_partials(out_dir) if out_dir.exists() else 0
+    clips = read_clips(labels)
+    pruned = prune_outputs(out_dir, [c.path(out_dir) for c in clips]) if out_dir.exists() else 0
+    return clips, removed, pruned
 
 
 def prune_outputs(root: str | Path, keep: Iterable[Path]) -> int:

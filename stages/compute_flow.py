@@ -27,9 +27,7 @@ from stages.common import (
     file_digest,
     load_params,
     output_key,
-    prune_outputs,
-    read_clips,
-    remove_partials,
+    prepare_outputs,
     resolve_workers,
     run_clips,
     save_npz,
@@ -284,10 +282,7 @@ def main() -> None:
     params = load_params("flow")
     logger = setup_logging("compute_flow")
     estimator_from(params)  # a method this OpenCV lacks fails here, before any clip
-    out_dir = Path(params["out_dir"])
-    removed = remove_partials(out_dir) if out_dir.exists() else 0
-    clips = read_clips(params["labels"])
-    pruned = prune_outputs(out_dir, [c.path(out_dir) for c in clips]) if out_dir.exists() else 0
+    clips, removed, pruned = prepare_outputs(params["labels"], params["out_dir"])
     logger.info("%d clips listed; removed %d partial and %d stale outputs", len(clips), removed, pruned)
     workers = resolve_workers(params["workers"])
     results = run_clips(flow_clip, clips, workers, "compute-flow", _init_worker, (params,))

@@ -9,7 +9,7 @@ out and why, timings).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from stages.common import (
     read_labels,
     resolve_workers,
     save_npz,
+    section_config,
     setup_logging,
     write_json,
 )
@@ -64,11 +65,7 @@ class EvalConfig:
 
     @classmethod
     def from_params(cls, d: dict[str, Any]) -> EvalConfig:
-        types = {f.name: type(getattr(cls(), f.name)) for f in fields(cls)}
-        unknown = set(d) - set(types)
-        if unknown:
-            raise KeyError(f"evaluate: unknown params {sorted(unknown)}")
-        return cls(**{k: types[k](v) for k, v in d.items()})
+        return section_config(cls, d, "evaluate")
 
     @property
     def bootstrap(self) -> metrics.BootstrapConfig:

@@ -26,9 +26,7 @@ from stages.common import (
     file_digest,
     load_params,
     output_key,
-    prune_outputs,
-    read_clips,
-    remove_partials,
+    prepare_outputs,
     resolve_workers,
     run_clips,
     save_npz,
@@ -299,10 +297,7 @@ def frames_report(results: list[ClipResult]) -> dict[str, Any]:
 def main() -> None:
     params = load_params("frames")
     logger = setup_logging("extract_frames")
-    out_dir = Path(params["out_dir"])
-    removed = remove_partials(out_dir) if out_dir.exists() else 0
-    clips = read_clips(params["labels"])
-    pruned = prune_outputs(out_dir, [c.path(out_dir) for c in clips]) if out_dir.exists() else 0
+    clips, removed, pruned = prepare_outputs(params["labels"], params["out_dir"])
     logger.info("%d clips listed; removed %d partial and %d stale outputs", len(clips), removed, pruned)
     workers = resolve_workers(params["workers"])
     # Parallel clips already fill the cores: one decoder thread each avoids oversubscription.

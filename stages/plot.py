@@ -11,7 +11,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from stages.common import (
     load_params,
     read_labels,
     resolve_workers,
+    section_config,
     setup_logging,
     write_json,
 )
@@ -79,11 +80,7 @@ class PlotConfig:
 
     @classmethod
     def from_params(cls, d: dict[str, Any]) -> PlotConfig:
-        types = {f.name: type(getattr(cls(), f.name)) for f in fields(cls)}
-        unknown = set(d) - set(types)
-        if unknown:
-            raise KeyError(f"plot: unknown params {sorted(unknown)}")
-        return cls(**{k: types[k](v) for k, v in d.items()})
+        return section_config(cls, d, "plot")
 
 
 @dataclass

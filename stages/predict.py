@@ -24,7 +24,7 @@ import sys
 import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,7 @@ from model.config import DataConfig
 from model.data import Batch, ClipDataset, collate, frame_indices, load_clip_arrays
 from model.training import load_checkpoint, resolve_device
 from stages.align_faces import AlignConfig, FaceDetector, align_clip, make_detector
-from stages.common import Clip, SkipClip, atomic_path, load_params, setup_logging
+from stages.common import Clip, SkipClip, atomic_path, load_params, section_config, setup_logging
 from stages.compute_flow import Flow, clip_flow, estimator_from
 from stages.extract_frames import Frames, check_frames, decode_frames, encode_frames, sample_frames
 from stages.fast_align import align_fast
@@ -95,8 +95,7 @@ class PredictParams:
             section = load_params("predict", path)
         except (OSError, KeyError):
             return cls()
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in (section or {}).items() if k in names})
+        return section_config(cls, section, "predict", strict=False)
 
     def fast(self) -> FastConfig:
         return FastConfig(

@@ -60,7 +60,7 @@ from __future__ import annotations
 import logging
 import math
 import string
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -80,6 +80,7 @@ from stages.common import (
     atomic_path,
     resolve_workers,
     run_clips,
+    section_config,
 )
 
 log = logging.getLogger(__name__)
@@ -167,11 +168,7 @@ class SyntheticConfig:
 
     @classmethod
     def from_params(cls, cfg: dict[str, Any]) -> SyntheticConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(cfg) - known
-        if unknown:
-            raise KeyError(f"unknown data.synthetic params: {sorted(unknown)}")
-        return cls(**cfg)
+        return section_config(cls, cfg, "data.synthetic")
 
     def count(self, split: str) -> int:
         return {"train": self.n_train, "val": self.n_val, "test": self.n_test}[split]

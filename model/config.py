@@ -213,6 +213,12 @@ class TrainConfig:
     labels: str = "data/raw/labels.csv"
     out_dir: str = "data/model"
     live_dir: str = "reports/train"
+    tensorboard: bool = False  # also log each epoch to TensorBoard (requirements-tracking.txt)
+    tensorboard_dir: str = "reports/tensorboard"
+    wandb: bool = False  # also log each epoch to a Weights & Biases run, offline only
+    wandb_dir: str = "reports/wandb"
+    wandb_project: str = "first-impressions"
+    gpu_sample_seconds: float = 1.0  # NVML sampling interval for GPU utilisation and memory
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     @classmethod

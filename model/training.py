@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
-from model import distributed, metrics
+from model import distributed, metrics, tracking
 from model.config import DataConfig, ModelConfig, TrainConfig
 from model.distributed import DistContext
 from model.network import DualStreamNet, build_model
@@ -282,31 +282,14 @@ def init_weights_from(model: DualStreamNet, path: str | Path) -> None:
 
 
 def resource_usage(device: torch.device) -> dict[str, float]:
-    """Peak memory (GPU allocator or process RSS) and GPU utilisation where NVML answers."""
+    """Process memory, and on CUDA the allocator's peak (GPU utilisation comes from tracking.GpuMonitor)."""
     usage = {
         "memory/rss_mb": psutil.Process().memory_info().rss / 2**20,
         "memory/peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
     if device.type == "cuda":
         usage["memory/gpu_peak_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
-        try:
-            import pynvml
-
-            pynvml.nvmlInit()
-            handle = pynvml.nvmlDeviceGetHandleByIndex(device.index or 0)
-            usage["gpu/utilization"] = float(pynvml.nvmlDeviceGetUtilizationRates(handle).gpu)
-        except Exception:  # noqa: BLE001 - NVML is optional telemetry
-            pass
     return usage
-
-
-def log_epoch(live: Any, row: dict[str, float]) -> None:
-    """One dvclive step per epoch."""
-    live.step = int(row["epoch"])
-    for key, value in row.items():
-        if key not in ("epoch", "pid") and np.isfinite(value):
-            live.log_metric(key, value)
-    live.next_step()
 
 
 def train(
@@ -314,14 +297,14 @@ def train(
     train_loader: DataLoader,
     val_loader: DataLoader,
     out_dir: str | Path,
-    live: Any | None = None,
+    live: tracking.Tracker | Any | None = None,
     ctx: DistContext | None = None,
 ) -> TrainResult:
     """Train with validation each epoch; best.pt on a better validation mean 1-MAE, last.pt always.
 
     `train.resume` continues from out_dir/last.pt; `train.init_from` starts from other weights.
-    `live` is a dvclive.Live (or None): one step per epoch; open it with resume=False, a resumed
-    run replays the epochs stored in the checkpoint.
+    `live` is a tracking.Tracker, a bare dvclive.Live, or None: one step per epoch; open it afresh
+    (dvclive with resume=False), a resumed run replays the epochs stored in the checkpoint.
 
     Under DDP (`ctx` from `distributed.setup`, train_loader sharded by rank) the model is wrapped in
     DistributedDataParallel, the training loss is averaged over ranks, rank 0 alone validates, writes
@@ -330,6 +313,7 @@ def train(
     """
     cfg = configs.train
     ctx = ctx or DistContext()
+    tracker = tracking.as_tracker(live)
     out_dir = Path(out_dir)
     device = distributed.local_device(resolve_device(cfg.device), ctx)
     model = build_model(configs.model)
@@ -357,9 +341,8 @@ def train(
         scaler.load_state_dict(state["scaler"])
         start_epoch, best_score, best_epoch = state["epoch"], state["best_score"], state["best_epoch"]
         history = state["history"]
-        if live is not None:  # the logs restart with the run: replay the epochs already done
-            for row in history:
-                log_epoch(live, row)
+        for row in history:  # the logs restart with the run: replay the epochs already done
+            tracker.log(row)
         if state.get("stopped"):
             log.info("%s is from a run that already stopped early: nothing to resume", last_path)
             return TrainResult(best_score, best_epoch, len(history), True, history)
@@ -376,60 +359,65 @@ def train(
     net = distributed.wrap(model, ctx, device)
     stopped_early = False
     epoch = start_epoch
-    for epoch in range(start_epoch, cfg.epochs):
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        if isinstance(train_loader.sampler, DistributedSampler):
-            train_loader.sampler.set_epoch(epoch)
-        t0 = time.perf_counter()
-        lr = optimizer.param_groups[0]["lr"]
-        fit = train_one_epoch(net, train_loader, optimizer, scheduler, loss_fn, scaler, device, cfg)
-        fit["loss"] = distributed.all_reduce_mean(fit["loss"], ctx)
-        fit["clips_per_second"] = distributed.all_reduce_mean(fit["clips_per_second"], ctx) * ctx.world_size
-        val: dict[str, float] = {"loss": math.nan, "1-mae/mean": math.nan}
-        if ctx.is_main:
-            _, preds, _ = predict(model, val_loader, device)
-            val = validation_scores(preds, val_targets, columns, loss_fn)
-        score = distributed.broadcast_float(val["1-mae/mean"], ctx)
-        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            scheduler.step(score)
-        improved = score > best_score
-        if improved:
-            best_score, best_epoch = score, epoch
-        row = {
-            "epoch": epoch,
-            "pid": os.getpid(),
-            "train/loss": fit["loss"],
-            **{f"val/{k}": v for k, v in val.items()},
-            "lr": lr,
-            "epoch_seconds": time.perf_counter() - t0,
-            "train/clips_per_second": fit["clips_per_second"],
-            **resource_usage(device),
-        }
-        history.append(row)
-        state = {
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict(),
-            "epoch": epoch + 1,
-            "best_score": best_score,
-            "best_epoch": best_epoch,
-            "history": history,
-            "stopped": cfg.patience > 0 and epoch - best_epoch >= cfg.patience,
-        }
-        if ctx.is_main:  # the other ranks hold the same weights: one writer
+    # NVML telemetry on rank 0's GPU only; nothing is measured on the CPU
+    monitor = tracking.GpuMonitor(device if ctx.is_main else torch.device("cpu"), cfg.gpu_sample_seconds)
+    with monitor.start():
+        for epoch in range(start_epoch, cfg.epochs):
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            if isinstance(train_loader.sampler, DistributedSampler):
+                train_loader.sampler.set_epoch(epoch)
+            t0 = time.perf_counter()
+            lr = optimizer.param_groups[0]["lr"]
+            fit = train_one_epoch(net, train_loader, optimizer, scheduler, loss_fn, scaler, device, cfg)
+            fit["loss"] = distributed.all_reduce_mean(fit["loss"], ctx)
+            fit["clips_per_second"] = (
+                distributed.all_reduce_mean(fit["clips_per_second"], ctx) * ctx.world_size
+            )
+            val: dict[str, float] = {"loss": math.nan, "1-mae/mean": math.nan}
+            if ctx.is_main:
+                _, preds, _ = predict(model, val_loader, device)
+                val = validation_scores(preds, val_targets, columns, loss_fn)
+            score = distributed.broadcast_float(val["1-mae/mean"], ctx)
+            if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                scheduler.step(score)
+            improved = score > best_score
             if improved:
-                save_checkpoint(out_dir / BEST, model, configs, **state)
-            save_checkpoint(last_path, model, configs, **state)
-            log.info(
-                "epoch %d/%d: train loss %.4f, val loss %.4f, val 1-MAE %.4f (best %.4f @%d), %.1f s, %.1f clips/s",
-                epoch + 1, cfg.epochs, fit["loss"], val["loss"], score, best_score, best_epoch + 1,
-                row["epoch_seconds"], fit["clips_per_second"],
-            )  # fmt: skip
-        if live is not None:
-            log_epoch(live, row)
-        if state["stopped"]:  # from the broadcast score: every rank stops at the same epoch
-            log.info("early stop: no improvement for %d epochs", cfg.patience)
-            stopped_early = True
-            break
+                best_score, best_epoch = score, epoch
+            row = {
+                "epoch": epoch,
+                "pid": os.getpid(),
+                "train/loss": fit["loss"],
+                **{f"val/{k}": v for k, v in val.items()},
+                "lr": lr,
+                "epoch_seconds": time.perf_counter() - t0,
+                "train/clips_per_second": fit["clips_per_second"],
+                **resource_usage(device),
+                **monitor.epoch_stats(),
+            }
+            history.append(row)
+            state = {
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(),
+                "epoch": epoch + 1,
+                "best_score": best_score,
+                "best_epoch": best_epoch,
+                "history": history,
+                "stopped": cfg.patience > 0 and epoch - best_epoch >= cfg.patience,
+            }
+            if ctx.is_main:  # the other ranks hold the same weights: one writer
+                if improved:
+                    save_checkpoint(out_dir / BEST, model, configs, **state)
+                save_checkpoint(last_path, model, configs, **state)
+                log.info(
+                    "epoch %d/%d: train loss %.4f, val loss %.4f, val 1-MAE %.4f (best %.4f @%d), %.1f s, %.1f clips/s",
+                    epoch + 1, cfg.epochs, fit["loss"], val["loss"], score, best_score, best_epoch + 1,
+                    row["epoch_seconds"], fit["clips_per_second"],
+                )  # fmt: skip
+            tracker.log(row)  # empty on ranks other than 0
+            if state["stopped"]:  # from the broadcast score: every rank stops at the same epoch
+                log.info("early stop: no improvement for %d epochs", cfg.patience)
+                stopped_early = True
+                break
     return TrainResult(best_score, best_epoch, len(history), stopped_early, history)

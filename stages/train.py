@@ -2,7 +2,9 @@
 
 Reads params `model` and `train` (and records `frames`/`faces`/`flow` in the checkpoints); writes
 data/model/{best,last}.pt, dvclive logs under reports/train/ and its summary.json (clips used
-and skipped, best score and epoch, time, throughput, memory).
+and skipped, best score and epoch, time, throughput, memory). With `train.tensorboard` /
+`train.wandb` the same per-epoch metrics also go to TensorBoard and to an offline W&B run
+(side logs outside DVC's outs; see model/tracking.py).
 
 Data-parallel on N GPUs (or CPU processes): `torchrun --standalone --nproc_per_node N -m stages.train`;
 rank 0 alone writes the checkpoints, logs and summary (see model/distributed.py).
@@ -17,9 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from dvclive import Live
 
-from model import distributed
+from model import distributed, tracking
 from model.config import DataConfig, ModelConfig, TrainConfig
 from model.data import ClipDataset, make_loader
 from model.training import RunConfigs, resolve_device, seed_everything, train
@@ -76,6 +77,7 @@ def run(params: dict[str, Any], tcfg: TrainConfig, ctx: distributed.DistContext)
     else:
         logging.basicConfig(level=logging.WARNING)
         log = logging.getLogger("stages.train")
+    tracking.require_packages(tcfg)  # on every rank, before any work, so that all of them stop
     configs = RunConfigs(
         model=ModelConfig.from_params(params["model"]),
         data=DataConfig.from_params(params),
@@ -108,11 +110,13 @@ def run(params: dict[str, Any], tcfg: TrainConfig, ctx: distributed.DistContext)
     )
     val_loader = make_loader(datasets["val"], tcfg.batch_size, False, tcfg.workers, tcfg.seed)
     start = time.perf_counter()
-    live_ctx = Live(tcfg.live_dir, resume=False, save_dvc_exp=False, dvcyaml=None) if ctx.is_main else None
-    with live_ctx or contextlib.nullcontext() as live:
-        if live is not None:
-            live.log_params({**flat("model", params["model"]), **flat("train", params["train"])})
-        result = train(configs, train_loader, val_loader, out_dir, live, ctx)
+    tracker = None
+    if ctx.is_main:
+        tracker = tracking.open_tracker(
+            tcfg, {**flat("model", params["model"]), **flat("train", params["train"])}
+        )
+    with tracker or contextlib.nullcontext():
+        result = train(configs, train_loader, val_loader, out_dir, tracker, ctx)
     seconds = time.perf_counter() - start
     if not ctx.is_main:
         return

@@ -8,12 +8,15 @@ right key (so an interrupted run resumes), and count every skipped clip with its
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import logging
 import os
+import shutil
 import sys
 import tempfile
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import contextmanager
@@ -304,3 +307,132 @@ def prune_outputs(root: str | Path, keep: Iterable[Path]) -> int:
 
 def result_dict(r: ClipResult) -> dict[str, Any]:
     return asdict(r)
+
+
+# ---------------------------------------------------------------- shards
+# A per-clip stage runs as N shards (dvc.yaml's matrix over shards.ids): shard k reads the clip list
+# <shards.dir>/<k>.csv and writes under <out_dir>/<k>/<split>/<clip>.npz; readers find a clip's file
+# in whichever shard holds it with clip_file().
+
+
+def shard_of(name: str, shards: int) -> int:
+    """The shard of a clip: crc32 of its name mod the shard count, the same on every machine and run,
+    and untouched by other clips coming or going."""
+    return zlib.crc32(name.encode("utf-8")) % shards
+
+
+@dataclass(frozen=True)
+class Shards:
+    """The shards section of params: shard ids 0..N-1 and where each shard's clip list lies."""
+
+    ids: tuple[int, ...] = (0,)
+    dir: str = "data/shards"
+    workers: int = 0
+
+    @property
+    def count(self) -> int:
+        return len(self.ids)
+
+    def manifest(self, shard: int) -> Path:
+        return Path(self.dir) / f"{shard}.csv"
+
+    @classmethod
+    def from_params(cls, section: dict[str, Any] | None) -> Shards:
+        section = dict(section or {})
+        ids = tuple(int(i) for i in section.pop("ids", (0,)))
+        if ids != tuple(range(len(ids))) or not ids:
+            raise ValueError(f"shards.ids must be 0..N-1 in order, got {list(ids)}")
+        return section_config(cls, {"ids": ids, **section}, "shards")
+
+
+def shard_root(root: str | Path, shard: int) -> Path:
+    """A shard's own output folder under a stage's root."""
+    return Path(root) / str(shard)
+
+
+def shard_report(report: str | Path, shard: int) -> Path:
+    """A shard's report beside the stage's merged one: reports/data/frames.json -> reports/data/frames/<k>.json."""
+    return Path(report).with_suffix("") / f"{shard}.json"
+
+
+def parse_shard(argv: list[str] | None, shards: Shards) -> int:
+    """The --shard K of a per-clip stage's command line (default 0), checked against shards.ids."""
+    parser = argparse.ArgumentParser(description="run one shard of a per-clip stage")
+    parser.add_argument("--shard", type=int, default=0, help="shard index, one of shards.ids")
+    shard = parser.parse_args(argv or []).shard
+    if shard not in shards.ids:
+        parser.error(f"--shard {shard} is not one of shards.ids {list(shards.ids)}")
+    return shard
+
+
+def shard_dirs(root: str | Path) -> list[Path]:
+    """The shard folders <root>/<k>/ that exist, in shard order."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    return sorted((p for p in root.iterdir() if p.name.isdigit() and p.is_dir()), key=lambda p: int(p.name))
+
+
+def clip_file(root: str | Path, clip: Clip, suffix: str = ".npz") -> Path:
+    """A clip's file under a sharded stage root, whichever shard holds it; where none does, the
+    unsharded path <root>/<split>/<clip> (which may not exist either)."""
+    for folder in shard_dirs(root):
+        path = clip.path(folder, suffix)
+        if path.exists():
+            return path
+    return clip.path(root, suffix)
+
+
+def remove_stale_shards(root: str | Path, shards: int) -> int:
+    """Remove what no current shard owns under a stage root: shards k >= N (files or folders named
+    k) left by a run with more shards, and split folders of the unsharded layout. Returns how many."""
+    root = Path(root)
+    if not root.is_dir():
+        return 0
+    removed = 0
+    for path in root.iterdir():
+        stem = path.name.split(".")[0]
+        if (stem.isdigit() and int(stem) >= shards) or (path.is_dir() and path.name in SPLITS):
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+            removed += 1
+    return removed
+
+
+@dataclass(frozen=True)
+class ShardRun:
+    """One shard's run of a per-clip stage: its clips and its own output folder and report."""
+
+    shard: int
+    shards: Shards
+    clips: list[Clip]
+    out_dir: Path
+    report: Path
+    removed: int  # partial files and stale outputs removed before the run
+    log_name: str
+
+
+def start_shard(stage: str, out_dir: str | Path, report: str | Path, argv: list[str] | None) -> ShardRun:
+    """Parse --shard, set up logging (reports/logs/<stage>.log, or <stage>-<k>.log with several
+    shards), clear what no shard owns, and list this shard's clips after prepare_outputs."""
+    shards = Shards.from_params(load_params().get("shards"))
+    shard = parse_shard(argv, shards)
+    log_name = stage if shards.count == 1 else f"{stage}-{shard}"
+    logger = setup_logging(log_name)
+    stale = remove_stale_shards(out_dir, shards.count) + remove_stale_shards(
+        Path(report).with_suffix(""), shards.count
+    )
+    own = shard_root(out_dir, shard)
+    clips, removed, pruned = prepare_outputs(shards.manifest(shard), own)
+    logger.info(
+        "shard %d of %d: %d clips; removed %d partial, %d stale outputs and %d stale shards",
+        shard, shards.count, len(clips), removed, pruned, stale,
+    )  # fmt: skip
+    return ShardRun(
+        shard, shards, clips, own, shard_report(report, shard), removed + pruned + stale, log_name
+    )
+
+
+def write_shard_report(run: ShardRun, report: dict[str, Any], results: list[ClipResult]) -> None:
+    """The shard's report with every clip's result, from which stages.shards merges the stage's report."""
+    extra = {"shard": run.shard, "shards": run.shards.count, "results": [result_dict(r) for r in results]}
+    write_json(run.report, report | extra)

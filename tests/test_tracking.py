@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from model import tracking
 from model.config import TrainConfig
@@ -166,3 +167,21 @@ def test_gpu_monitor_is_silent_on_the_cpu_and_without_nvml(monkeypatch: pytest.M
     broken.nvmlInit = lambda: (_ for _ in ()).throw(RuntimeError("driver not loaded"))  # type: ignore[method-assign]
     monkeypatch.setitem(sys.modules, "pynvml", broken)
     assert tracking.GpuMonitor(torch.device("cuda", 0)).epoch_stats() == {}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_TB, reason="tensorboard not installed (requirements-tracking.txt)")
+def test_under_torchrun_only_rank_0_writes_tensorboard(dataset_dir: Path, tmp_path: Path) -> None:  # noqa: F811
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from tests.test_distributed import _torchrun
+    from tests.test_train import _stage_params
+
+    params = _stage_params(dataset_dir, tmp_path, tensorboard=True, tensorboard_dir=str(tmp_path / "tb"))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    done = _torchrun(tmp_path, "-m", "stages.train")
+    assert done.returncode == 0, done.stderr[-3000:]
+    (events_file,) = (tmp_path / "tb").glob("events.out.tfevents.*")
+    events = EventAccumulator(str(events_file)).Reload()
+    assert [e.step for e in events.Scalars("val/1-mae/mean")] == [0, 1]
+    assert [e.step for e in events.Scalars("train/loss")] == [0, 1]

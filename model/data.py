@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
 from model.config import AugmentConfig, DataConfig
-from stages.common import Clip
+from stages.common import Clip, clip_file
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +184,10 @@ class ClipDataset(Dataset):
         if clip.name in self.cache:
             return self.cache[clip.name]
         arrays = load_clip_arrays(
-            clip.path(self.root_faces), clip.path(self.root_flow), self.cfg.static_size, self.cfg.flow_size
+            clip_file(self.root_faces, clip),
+            clip_file(self.root_flow, clip),
+            self.cfg.static_size,
+            self.cfg.flow_size,
         )
         if self.cfg.cache:
             self.cache[clip.name] = arrays

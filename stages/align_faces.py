@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 from dataclasses import dataclass, fields
 from typing import Any, Protocol
@@ -26,15 +27,15 @@ from stages.common import (
     file_digest,
     load_params,
     output_key,
-    prepare_outputs,
     resolve_workers,
     run_clips,
     save_npz,
     section_config,
-    setup_logging,
+    shard_root,
+    start_shard,
     stored_key,
     summarize,
-    write_json,
+    write_shard_report,
 )
 from stages.extract_frames import load_frames
 
@@ -566,23 +567,34 @@ def detection_report(results: list[ClipResult]) -> dict[str, Any]:
     return report
 
 
-def main() -> None:
-    params = load_params("faces")
-    logger = setup_logging("align_faces")
-    clips, removed, pruned = prepare_outputs(params["labels"], params["out_dir"])
-    workers = resolve_workers(params["workers"])
-    threads = max(1, resolve_workers(0) // workers)
-    logger.info(
-        "%d clips, %d workers; removed %d partial and %d stale outputs", len(clips), workers, removed, pruned
-    )
-    start = time.perf_counter()
-    results = run_clips(process_clip, clips, workers, "align-faces", init_worker, (params, threads))
+def stage_report(results: list[ClipResult], params: dict[str, Any]) -> dict[str, Any]:
+    """The stage's report over any set of clips (one shard's, or all shards' when merged)."""
     report = summarize(results)
     report["detection"] = detection_report(results)
+    return report
+
+
+def main(argv: list[str] | None = None) -> None:
+    params = load_params("faces")
+    run = start_shard("align_faces", params["out_dir"], params["report"], argv)
+    logger = logging.getLogger(f"stages.{run.log_name}")
+    workers = resolve_workers(params["workers"])
+    threads = max(1, resolve_workers(0) // workers)
+    logger.info("%d clips, %d workers", len(run.clips), workers)
+    # This shard reads the frames of the same shard of extract-frames (both follow data/shards/<k>.csv).
+    cfg = params | {
+        "frames_dir": str(shard_root(params["frames_dir"], run.shard)),
+        "out_dir": str(run.out_dir),
+    }
+    start = time.perf_counter()
+    results = run_clips(
+        process_clip, run.clips, workers, f"align-faces@{run.shard}", init_worker, (cfg, threads)
+    )
+    report = stage_report(results, params)
     report["seconds"] = round(time.perf_counter() - start, 2)
-    write_json(params["report"], report)
-    logger.info("faces: %d ok, %d skipped (report %s)", report["ok"], report["skipped"], params["report"])
+    write_shard_report(run, report, results)
+    logger.info("faces: %d ok, %d skipped (report %s)", report["ok"], report["skipped"], run.report)
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

@@ -8,6 +8,7 @@ quantized to int8 with scale bound/127, so a 77-frame clip at 56 px takes under 
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,14 +28,14 @@ from stages.common import (
     file_digest,
     load_params,
     output_key,
-    prepare_outputs,
     resolve_workers,
     run_clips,
     save_npz,
-    setup_logging,
+    shard_root,
+    start_shard,
     stored_key,
     summarize,
-    write_json,
+    write_shard_report,
 )
 
 log = logging.getLogger(__name__)
@@ -278,18 +279,24 @@ def flow_report(results: list[ClipResult], bound: float) -> dict[str, Any]:
     return report
 
 
-def main() -> None:
+def stage_report(results: list[ClipResult], params: dict[str, Any]) -> dict[str, Any]:
+    """The stage's report over any set of clips (one shard's, or all shards' when merged)."""
+    return flow_report(results, params["bound"])
+
+
+def main(argv: list[str] | None = None) -> None:
     params = load_params("flow")
-    logger = setup_logging("compute_flow")
     estimator_from(params)  # a method this OpenCV lacks fails here, before any clip
-    clips, removed, pruned = prepare_outputs(params["labels"], params["out_dir"])
-    logger.info("%d clips listed; removed %d partial and %d stale outputs", len(clips), removed, pruned)
+    run = start_shard("compute_flow", params["out_dir"], params["report"], argv)
+    logger = logging.getLogger(f"stages.{run.log_name}")
     workers = resolve_workers(params["workers"])
-    results = run_clips(flow_clip, clips, workers, "compute-flow", _init_worker, (params,))
-    report = flow_report(results, params["bound"])
-    write_json(params["report"], report)
-    logger.info("flow: %d ok, %d skipped (report %s)", report["ok"], report["skipped"], params["report"])
+    # This shard reads the faces of the same shard of align-faces (both follow data/shards/<k>.csv).
+    cfg = params | {"faces_dir": str(shard_root(params["faces_dir"], run.shard)), "out_dir": str(run.out_dir)}
+    results = run_clips(flow_clip, run.clips, workers, f"compute-flow@{run.shard}", _init_worker, (cfg,))
+    report = stage_report(results, params)
+    write_shard_report(run, report, results)
+    logger.info("flow: %d ok, %d skipped (report %s)", report["ok"], report["skipped"], run.report)
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

@@ -10,6 +10,7 @@ image-encoded (JPEG or WebP) inside the npz, so a 15-s 720p clip fits in 2 MB: r
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from dataclasses import dataclass
 from itertools import pairwise
@@ -26,14 +27,13 @@ from stages.common import (
     file_digest,
     load_params,
     output_key,
-    prepare_outputs,
     resolve_workers,
     run_clips,
     save_npz,
-    setup_logging,
+    start_shard,
     stored_key,
     summarize,
-    write_json,
+    write_shard_report,
 )
 
 log = logging.getLogger(__name__)
@@ -294,19 +294,23 @@ def frames_report(results: list[ClipResult]) -> dict[str, Any]:
     return report
 
 
-def main() -> None:
+def stage_report(results: list[ClipResult], params: dict[str, Any]) -> dict[str, Any]:
+    """The stage's report over any set of clips (one shard's, or all shards' when merged)."""
+    return frames_report(results)
+
+
+def main(argv: list[str] | None = None) -> None:
     params = load_params("frames")
-    logger = setup_logging("extract_frames")
-    clips, removed, pruned = prepare_outputs(params["labels"], params["out_dir"])
-    logger.info("%d clips listed; removed %d partial and %d stale outputs", len(clips), removed, pruned)
+    run = start_shard("extract_frames", params["out_dir"], params["report"], argv)
+    logger = logging.getLogger(f"stages.{run.log_name}")
     workers = resolve_workers(params["workers"])
     # Parallel clips already fill the cores: one decoder thread each avoids oversubscription.
-    cfg = params | {"decode_threads": 1 if workers > 1 else 0}
-    results = run_clips(extract_clip, clips, workers, "extract-frames", _init_worker, (cfg,))
-    report = frames_report(results)
-    write_json(params["report"], report)
-    logger.info("frames: %d ok, %d skipped (report %s)", report["ok"], report["skipped"], params["report"])
+    cfg = params | {"out_dir": str(run.out_dir), "decode_threads": 1 if workers > 1 else 0}
+    results = run_clips(extract_clip, run.clips, workers, f"extract-frames@{run.shard}", _init_worker, (cfg,))
+    report = stage_report(results, params)
+    write_shard_report(run, report, results)
+    logger.info("frames: %d ok, %d skipped (report %s)", report["ok"], report["skipped"], run.report)
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

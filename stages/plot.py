@@ -26,7 +26,9 @@ from stages import attention_maps as am
 from stages import compare, feature_views, figures, importance, tables
 from stages.common import (
     TRAITS,
+    Clip,
     atomic_path,
+    clip_file,
     load_params,
     read_labels,
     resolve_workers,
@@ -239,8 +241,8 @@ def flow_section(ctx: Context) -> None:
     names = sorted(labels.loc[labels["split"] == ctx.cfg.split, "clip"])
     chosen: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for name in names:
-        face_path = Path(ctx.cfg.faces_dir) / ctx.cfg.split / f"{name}.npz"
-        flow_path = Path(ctx.cfg.flow_dir) / ctx.cfg.split / f"{name}.npz"
+        face_path = clip_file(ctx.cfg.faces_dir, Clip(name, ctx.cfg.split))
+        flow_path = clip_file(ctx.cfg.flow_dir, Clip(name, ctx.cfg.split))
         if not (face_path.exists() and flow_path.exists()):
             continue
         with np.load(face_path) as f, np.load(flow_path) as g:

@@ -26,6 +26,7 @@ from model.data import ClipDataset, make_loader
 from model.training import RunConfigs, resolve_device, seed_everything, train
 from stages.common import (
     Clip,
+    clip_file,
     load_params,
     read_labels,
     remove_partials,
@@ -42,7 +43,9 @@ def available_clips(
     keep, missing = [], {}
     for clip in labels_split:
         absent = [
-            what for what, root in (("faces", faces_dir), ("flow", flow_dir)) if not clip.path(root).exists()
+            what
+            for what, root in (("faces", faces_dir), ("flow", flow_dir))
+            if not clip_file(root, clip).exists()
         ]
         if absent:
             missing[clip.name] = f"no {' and '.join(absent)} file"

@@ -282,35 +282,35 @@ def test_main_writes_resumes_and_reports(tmp_path: Path, detector: af.FaceDetect
     monkeypatch.chdir(tmp_path)
     params = {"faces": {**load_params("faces", Path(af.__file__).parents[1] / "params.yaml"), "workers": 1}}
     Path("params.yaml").write_text(yaml.safe_dump(params))
-    os.makedirs("data/raw")
+    os.makedirs("data/shards")
     pd.DataFrame({"clip": ["face_clip", "gradient", "missing"], "split": ["train", "val", "val"]}).to_csv(
-        "data/raw/labels.csv", index=False
+        "data/shards/0.csv", index=False
     )
     for name, split, images in [
         ("face_clip", "train", face_frames(5, (320, 240))),
         ("gradient", "val", gradient_frames(5, (320, 240))),
     ]:
         frames = Frames(images, np.arange(5) / 5.0, 25.0, (640, 480))
-        save_frames(f"data/frames/{split}/{name}.npz", frames, "webp", 90, key="k")
+        save_frames(f"data/frames/0/{split}/{name}.npz", frames, "webp", 90, key="k")
     af.main()
-    out = Path("data/faces/train/face_clip.npz")
+    out = Path("data/faces/0/train/face_clip.npz")
     with np.load(out) as z:
         assert z["faces"].shape == (5, CFG.size, CFG.size, 3)
         assert z["valid"].all() and z["key"].dtype.kind == "U"
         np.testing.assert_allclose(z["timestamps"], np.arange(5) / 5.0)
         # Stored in the 640 x 480 source's pixels: twice the 320 x 240 frames'.
         assert z["boxes"][:, 2].max() > 320 * 0.6 and z["landmarks"].shape == (5, 5, 2)
-    assert not Path("data/faces/val/gradient.npz").exists()
-    report = json.loads(Path("reports/data/faces.json").read_text())
+    assert not Path("data/faces/0/val/gradient.npz").exists()
+    report = json.loads(Path("reports/data/faces/0.json").read_text())
     reasons = {c["clip"]: c["reason"] for c in report["skipped_clips"]}
     assert reasons["gradient"] == "no face" and "extract-frames" in reasons["missing"]
     assert report["detection"]["train"]["detection_rate"] == 1.0
     assert Path("reports/logs/align_faces.log").exists()
     stamp = out.stat().st_mtime_ns
     # Clips left out are retried on every run; without them a rerun has nothing to detect.
-    pd.DataFrame({"clip": ["face_clip"], "split": ["train"]}).to_csv("data/raw/labels.csv", index=False)
+    pd.DataFrame({"clip": ["face_clip"], "split": ["train"]}).to_csv("data/shards/0.csv", index=False)
     af.main()
     assert out.stat().st_mtime_ns == stamp
     assert "detector" not in af._STATE, "a run of cached clips must not build a detector"
-    report = json.loads(Path("reports/data/faces.json").read_text())
+    report = json.loads(Path("reports/data/faces/0.json").read_text())
     assert report["counts"]["train"]["cached"] == 1

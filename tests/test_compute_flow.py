@@ -144,17 +144,17 @@ def test_report_quantiles_match_the_magnitudes():
 
 
 def make_project(root: Path, inputs: dict[str, Path], method: str = "farneback", workers: int = 1) -> None:
-    """Faces under data/faces/train/<clip>.npz, labels.csv and params.yaml in `root`."""
+    """Faces under data/faces/0/train/<clip>.npz, shard 0's clip list and params.yaml in `root`."""
     rows = []
     for name, src in inputs.items():
-        dest = root / "data/faces/train" / f"{name}.npz"
+        dest = root / "data/faces/0/train" / f"{name}.npz"
         dest.parent.mkdir(parents=True, exist_ok=True)
         if src.exists():
             dest.write_bytes(src.read_bytes())
         rows.append(f"{name},train," + ",".join(["0.5"] * 6))
     header = "clip,split,openness,conscientiousness,extraversion,agreeableness,neuroticism,interview"
-    (root / "data/raw").mkdir(parents=True, exist_ok=True)
-    (root / "data/raw/labels.csv").write_text("\n".join([header, *rows]) + "\n", encoding="utf-8")
+    (root / "data/shards").mkdir(parents=True, exist_ok=True)
+    (root / "data/shards/0.csv").write_text("\n".join([header, *rows]) + "\n", encoding="utf-8")
     params = {
         "flow": {
             "method": method,
@@ -184,7 +184,7 @@ def test_main_skips_bad_inputs_reports_magnitudes_and_resumes(tmp_path, monkeypa
     make_project(tmp_path / "proj", {**{k: p for k, (p, _) in bad.items()}, **good}, workers=2)
     monkeypatch.chdir(tmp_path / "proj")
     main()
-    report = json.loads(Path("reports/data/flow.json").read_text())
+    report = json.loads(Path("reports/data/flow/0.json").read_text())
     skipped = {s["clip"]: s["reason"] for s in report["skipped_clips"]}
     assert set(skipped) == set(bad)
     for case, (_, reason) in bad.items():
@@ -192,23 +192,23 @@ def test_main_skips_bad_inputs_reports_magnitudes_and_resumes(tmp_path, monkeypa
     assert report["ok"] == 2 and report["counts"]["train"]["done"] == 2
     stats = report["magnitude_px"]["train"]
     assert 0 < stats["median"] <= stats["p95"] <= 4 * np.sqrt(2) and stats["mean"] > 0
-    flow = load_flow("data/flow/train/good0.npz")
+    flow = load_flow("data/flow/0/train/good0.npz")
     assert flow.flow.shape == (5, 32, 32, 2) and flow.valid.all()
     assert "consecutive" in Path("reports/logs/compute_flow.log").read_text(encoding="utf-8")
 
     main()
-    again = json.loads(Path("reports/data/flow.json").read_text())
+    again = json.loads(Path("reports/data/flow/0.json").read_text())
     assert again["counts"]["train"]["cached"] == 2 and again["counts"]["train"]["done"] == 0
     assert again["magnitude_px"] == report["magnitude_px"]
     assert again["digests"] == report["digests"]
 
     # Faces replaced by junk, or a stricter min_frames, remove flow a former run left.
-    Path("data/faces/train/good0.npz").write_text("junk", encoding="utf-8")
+    Path("data/faces/0/train/good0.npz").write_text("junk", encoding="utf-8")
     params = yaml.safe_load(Path("params.yaml").read_text())
     params["flow"]["min_frames"] = 7
     Path("params.yaml").write_text(yaml.safe_dump(params))
     main()
-    last = json.loads(Path("reports/data/flow.json").read_text())
+    last = json.loads(Path("reports/data/flow/0.json").read_text())
     skipped = {s["clip"]: s["reason"] for s in last["skipped_clips"]}
     assert "unreadable" in skipped["good0"] and "too short" in skipped["good1"]
     assert last["ok"] == 0 and not list(Path("data/flow").rglob("*.npz"))
@@ -244,7 +244,7 @@ def test_killed_run_leaves_only_complete_outputs_and_resumes(tmp_path):
         assert load_flow(path).flow.shape == (39, 32, 32, 2) and stored_key(path)
 
     subprocess.run(cmd, cwd=root, env=env, check=True, stderr=subprocess.DEVNULL)
-    report = json.loads((root / "reports/data/flow.json").read_text())
+    report = json.loads((root / "reports/data/flow/0.json").read_text())
     assert report["ok"] == len(names) and report["counts"]["train"]["cached"] >= len(finished)
     assert all(path.stat().st_mtime_ns == mtime for path, mtime in finished.items())
     assert not [p for p in out_dir.rglob("*") if ".partial" in p.name]

@@ -171,7 +171,7 @@ def test_real_clip_sampling_size_and_speed(real_clip, tmp_path):
 
 
 def make_project(root: Path, clips: dict[str, Path], workers: int = 1) -> dict[str, str]:
-    """A tiny project: videos under data/raw/videos/<split>/, labels.csv, params.yaml; clip -> split."""
+    """A tiny project: videos under data/raw/videos/<split>/, one shard's clip list, params.yaml; clip -> split."""
     splits = {}
     rows = []
     for i, src in enumerate(sorted(clips.values())):
@@ -183,7 +183,8 @@ def make_project(root: Path, clips: dict[str, Path], workers: int = 1) -> dict[s
         splits[name] = split
         rows.append(f"{name},{split}," + ",".join(["0.5"] * 6))
     header = "clip,split,openness,conscientiousness,extraversion,agreeableness,neuroticism,interview"
-    (root / "data/raw/labels.csv").write_text("\n".join([header, *rows]) + "\n", encoding="utf-8")
+    (root / "data/shards").mkdir(parents=True)
+    (root / "data/shards/0.csv").write_text("\n".join([header, *rows]) + "\n", encoding="utf-8")
     params = {
         "frames": {
             "fps": 5,
@@ -208,38 +209,38 @@ def test_main_processes_good_clips_skips_bad_ones_and_resumes(tmp_path, monkeypa
     splits = make_project(tmp_path / "proj", clips, workers=2)
     monkeypatch.chdir(tmp_path / "proj")
     main()
-    report = json.loads(Path("reports/data/frames.json").read_text())
+    report = json.loads(Path("reports/data/frames/0.json").read_text())
     skipped = {s["clip"]: s["reason"] for s in report["skipped_clips"]}
     assert set(skipped) == set(UNREADABLE + TOO_SHORT)
     assert report["ok"] == len(READABLE) and report["frames_per_clip"]["min"] >= 8
     for case in READABLE:
         name = clips[case].stem
-        out = Path("data/frames") / splits[name] / f"{name}.npz"
+        out = Path("data/frames/0") / splits[name] / f"{name}.npz"
         assert load_frames(out).frames.shape[-1] == 3
         assert report["digests"][name]
     assert "too short" in Path("reports/logs/extract_frames.log").read_text(encoding="utf-8")
 
-    # A second run redoes nothing; a clip dropped from labels.csv loses its output.
-    labels = Path("data/raw/labels.csv")
+    # A second run redoes nothing; a clip dropped from the shard's list loses its output.
+    labels = Path("data/shards/0.csv")
     lines = labels.read_text(encoding="utf-8").splitlines()
     dropped = clips["portrait"].stem
     labels.write_text(
         "\n".join(line for line in lines if not line.startswith(dropped)) + "\n", encoding="utf-8"
     )
     main()
-    report = json.loads(Path("reports/data/frames.json").read_text())
+    report = json.loads(Path("reports/data/frames/0.json").read_text())
     assert sum(c["done"] for c in report["counts"].values()) == 0
     assert sum(c["cached"] for c in report["counts"].values()) == len(READABLE) - 1
-    assert not (Path("data/frames") / splits[dropped] / f"{dropped}.npz").exists()
+    assert not (Path("data/frames/0") / splits[dropped] / f"{dropped}.npz").exists()
 
     # An output in an older layout (no expected_frames) with the right key is made again.
     name = clips["grayscale"].stem
-    out = Path("data/frames") / splits[name] / f"{name}.npz"
+    out = Path("data/frames/0") / splits[name] / f"{name}.npz"
     with np.load(out) as z:
         old = {k: z[k] for k in z.files if k != "expected_frames"}
     np.savez(out, **old)
     main()
-    report = json.loads(Path("reports/data/frames.json").read_text())
+    report = json.loads(Path("reports/data/frames/0.json").read_text())
     assert report["counts"][splits[name]]["done"] == 1 and report["skipped"] == len(UNREADABLE + TOO_SHORT)
     assert load_frames(out).expected_frames > 0
 
@@ -250,7 +251,7 @@ def test_main_processes_good_clips_skips_bad_ones_and_resumes(tmp_path, monkeypa
     params["frames"]["min_frames"] = 11
     Path("params.yaml").write_text(yaml.safe_dump(params))
     main()
-    report = json.loads(Path("reports/data/frames.json").read_text())
+    report = json.loads(Path("reports/data/frames/0.json").read_text())
     skipped = {s["clip"]: s["reason"] for s in report["skipped_clips"]}
     assert "not a readable video" in skipped[good]
     assert "too short" in skipped[clips["non_ascii"].stem]
@@ -278,7 +279,7 @@ def test_killed_run_leaves_only_complete_outputs_and_resumes(tmp_path):
         assert stored_key(path)
 
     subprocess.run(cmd, cwd=root, env=env, check=True, stderr=subprocess.DEVNULL)
-    report = json.loads((root / "reports/data/frames.json").read_text())
+    report = json.loads((root / "reports/data/frames/0.json").read_text())
     assert report["ok"] == len(clips) and report["skipped"] == 0
     assert sum(c["cached"] for c in report["counts"].values()) >= len(finished)
     assert all(path.stat().st_mtime_ns == mtime for path, mtime in finished.items())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -12,8 +13,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from stages.common import TRAITS
+from stages.common import TRAITS, Clip, read_labels, shard_of
 from stages.config import apply_overrides
+from stages.train import available_clips
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
@@ -38,18 +40,22 @@ def project_files() -> list[str]:
     return [f for f in out.splitlines() if (REPO / f).is_file()]
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A fresh copy of the project on the tiny config, reproduced once."""
-    root = tmp_path_factory.mktemp("project")
+def copy_project(root: Path, overrides: dict) -> Path:
+    """A fresh copy of the project in `root` with the tiny config and `overrides`, committed to git."""
     for rel in project_files():
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO / rel, root / rel)
-    overrides = yaml.safe_load((REPO / "configs" / "tiny.yaml").read_text())
+    apply_overrides(root / "params.yaml", yaml.safe_load((REPO / "configs" / "tiny.yaml").read_text()))
     apply_overrides(root / "params.yaml", overrides)
     run(["git", "init", "-q"], root)
-    run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "add", "-A"], root)
-    run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "tiny"], root)
+    commit_all(root, "tiny")
+    return root
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh copy of the project on the tiny config, reproduced once."""
+    root = copy_project(tmp_path_factory.mktemp("project"), {})
     run(["dvc", "repro"], root)
     return root
 
@@ -80,12 +86,12 @@ def test_a_later_param_reruns_only_later_stages(project: Path) -> None:
     apply_overrides(project / "params.yaml", {"flow": {"method": "dis"}})
     status = run(["dvc", "status"], project)
     assert "compute-flow" in status
-    for upstream in ("download-verify", "extract-frames", "align-faces"):
+    for upstream in ("download-verify", "assign-shards", "extract-frames@0", "align-faces@0"):
         assert f"{upstream}:" not in status, status
     out = run(["dvc", "repro"], project)
-    assert "Running stage 'compute-flow'" in out
+    assert "Running stage 'compute-flow@0'" in out
     assert "Running stage 'download-verify'" not in out
-    assert "Running stage 'align-faces'" not in out
+    assert "Running stage 'align-faces@0'" not in out
 
 
 def commit_all(root: Path, message: str) -> None:
@@ -132,3 +138,42 @@ def test_new_clips_are_the_only_ones_preprocessed_and_training_continues(
     for split in ("val", "test"):
         assert after["counts"][split]["done"] == 0
     assert f"init_from {previous_model}" in (project / "reports/logs/train.log").read_text()
+
+
+def ran(out: str) -> set[str]:
+    """The stages a `dvc repro` ran."""
+    return set(re.findall(r"Running stage '([^']+)'", out))
+
+
+def test_two_shards_hold_their_own_clips_and_a_new_clip_reruns_only_its_shard(tmp_path: Path) -> None:
+    root = copy_project(tmp_path / "sharded", {"shards": {"ids": [0, 1]}})
+    stages = run(["dvc", "stage", "list", "--name-only"], root).split()
+    assert {"extract-frames@0", "extract-frames@1", "compute-flow@1"} <= set(stages)
+    run(["dvc", "repro", "data-reports"], root)
+
+    labels = read_labels(root / "data/raw/labels.csv")
+    for stage_dir in ("frames", "faces", "flow"):
+        for k in (0, 1):
+            names = {p.stem for p in (root / "data" / stage_dir / str(k)).rglob("*.npz")}
+            assert names and all(shard_of(n, 2) == k for n in names), (stage_dir, k)
+    # The readers see every clip, whichever shard holds it; the merged reports count them all.
+    clips = [Clip(n, s) for n, s in zip(labels["clip"], labels["split"], strict=True)]
+    found, missing = available_clips(clips, root / "data/faces", root / "data/flow")
+    assert len(found) == len(labels) and not missing
+    merged = json.loads((root / "reports/data/flow.json").read_text())
+    assert merged["ok"] == len(labels) and set(merged["shards"]) == {"0", "1"}
+    dag = run(["dvc", "dag", "--dot", "train"], root)
+    assert "compute-flow@0" in dag and "compute-flow@1" in dag
+
+    # One more training clip lands in one shard: only that shard's stages run.
+    n_train = yaml.safe_load((root / "params.yaml").read_text())["data"]["synthetic"]["n_train"]
+    apply_overrides(root / "params.yaml", {"data": {"synthetic": {"n_train": n_train + 1}}})
+    out = run(["dvc", "repro", "data-reports"], root)
+    (new,) = set(read_labels(root / "data/raw/labels.csv")["clip"]) - set(labels["clip"])
+    k = shard_of(new, 2)
+    per_clip = {"extract-frames", "align-faces", "compute-flow"}
+    assert {s for s in ran(out) if s.split("@")[0] in per_clip} == {f"{s}@{k}" for s in per_clip}, out
+    report = json.loads((root / f"reports/data/frames/{k}.json").read_text())
+    assert report["counts"]["train"]["done"] == 1
+    assert (root / "data/flow" / str(k) / "train" / f"{new}.npz").exists()
+    assert json.loads((root / "reports/data/frames.json").read_text())["ok"] == len(labels) + 1

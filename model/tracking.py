@@ -167,6 +167,24 @@ def open_tracker(cfg: TrainConfig, params: dict[str, Any]) -> Tracker:
 # ---------------------------------------------------------------- GPU telemetry
 
 
+def gpu_summary(history: list[dict[str, float]]) -> dict[str, float | None]:
+    """The run's GPU figures over its epochs (None on the CPU): peak allocated and used memory, mean utilisation."""
+
+    def values(key: str) -> list[float]:
+        return [row[key] for row in history if key in row and math.isfinite(row[key])]
+
+    allocated, used, util = (
+        values("memory/gpu_peak_mb"),
+        values("gpu/memory_used_mb"),
+        values("gpu/utilization"),
+    )
+    return {
+        "gpu_peak_allocated_mb": max(allocated) if allocated else None,
+        "gpu_peak_used_mb": max(used) if used else None,
+        "gpu_utilization_mean": sum(util) / len(util) if util else None,
+    }
+
+
 def _nvml_handle(nvml: Any, device: torch.device) -> Any:
     """NVML's handle for a torch device: by UUID (right under CUDA_VISIBLE_DEVICES), else by index."""
     try:

@@ -140,6 +140,7 @@ def run(params: dict[str, Any], tcfg: TrainConfig, ctx: distributed.DistContext)
             "seconds": seconds,
             "train_clips_per_second": last.get("train/clips_per_second"),
             "peak_rss_mb": last.get("memory/peak_rss_mb"),
+            **tracking.gpu_summary(result.history),
             "checkpoints": {"best": str(out_dir / "best.pt"), "last": str(out_dir / "last.pt")},
         },
     )

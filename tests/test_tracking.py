@@ -185,3 +185,22 @@ def test_under_torchrun_only_rank_0_writes_tensorboard(dataset_dir: Path, tmp_pa
     events = EventAccumulator(str(events_file)).Reload()
     assert [e.step for e in events.Scalars("val/1-mae/mean")] == [0, 1]
     assert [e.step for e in events.Scalars("train/loss")] == [0, 1]
+    summary = json.loads((tmp_path / "live" / "summary.json").read_text())
+    assert summary["gpu_peak_allocated_mb"] is None and summary["gpu_utilization_mean"] is None  # CPU run
+
+
+def test_gpu_summary_of_a_run() -> None:
+    cpu = [{"epoch": 0, "memory/peak_rss_mb": 900.0}]
+    assert tracking.gpu_summary(cpu) == dict.fromkeys(
+        ("gpu_peak_allocated_mb", "gpu_peak_used_mb", "gpu_utilization_mean")
+    )
+    gpu = [
+        {"memory/gpu_peak_mb": 5000.0, "gpu/memory_used_mb": 6000.0, "gpu/utilization": 60.0},
+        {"memory/gpu_peak_mb": 5200.0, "gpu/memory_used_mb": 5900.0, "gpu/utilization": 90.0},
+        {"memory/gpu_peak_mb": 5100.0},  # an epoch NVML did not answer
+    ]
+    assert tracking.gpu_summary(gpu) == {
+        "gpu_peak_allocated_mb": 5200.0,
+        "gpu_peak_used_mb": 6000.0,
+        "gpu_utilization_mean": 75.0,
+    }

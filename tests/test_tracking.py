@@ -6,6 +6,7 @@ import importlib.util
 import json
 import re
 import sys
+import time
 import types
 from pathlib import Path
 
@@ -76,11 +77,24 @@ def test_wandb_writes_an_offline_run_with_the_metrics(
     runs = list((Path(cfg.wandb_dir) / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
     (log_file,) = runs[0].glob("run-*.wandb")  # offline runs keep their records only in this file
-    records = log_file.read_bytes()
-    # history items are stored as key and JSON value, uncompressed
-    for key in ("train/loss", "val/1-mae/mean", "val/1-mae/openness", "lr"):
-        value = json.dumps(history[-1][key]).encode()
-        assert re.search(re.escape(key.encode()) + rb".{1,8}" + re.escape(value), records, re.DOTALL), key
+    expected = {
+        key: json.dumps(history[-1][key]).encode()
+        for key in ("train/loss", "val/1-mae/mean", "val/1-mae/openness", "lr")
+    }
+    # history items are stored as key and JSON value, uncompressed; wandb's writer is a separate
+    # process, so give it a moment under load
+    deadline = time.monotonic() + 10
+    while True:
+        records = log_file.read_bytes()
+        missing = {
+            key: value
+            for key, value in expected.items()
+            if not re.search(re.escape(key.encode()) + rb".{1,8}" + re.escape(value), records, re.DOTALL)
+        }
+        if not missing or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert not missing, f"{missing} not in {log_file} ({len(records)} bytes)"
 
 
 @pytest.mark.parametrize("flag", ["tensorboard", "wandb"])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -314,8 +315,13 @@ def model_section(ctx: Context) -> None:
 
 
 def ablations_section(ctx: Context) -> None:
-    """Embed the ablation table that `python -m stages.compare --table` made (ablations are not a stage)."""
-    table = need(Path(ctx.cfg.ablations_dir) / f"{compare.TABLE}.md")
+    """Put the ablation table of `python -m stages.compare --table` beside the other tables and in the report."""
+    root = Path(ctx.cfg.ablations_dir)
+    table = need(root / f"{compare.TABLE}.md")
+    for src in (table, root / f"{compare.TABLE}.tex"):
+        if src.exists():
+            with atomic_path(Path(ctx.cfg.tables_dir) / src.name) as tmp:
+                shutil.copyfile(src, tmp)
     ctx.external_tables[table.stem] = table
 
 

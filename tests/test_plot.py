@@ -186,6 +186,9 @@ def test_report_embeds_the_ablation_table_that_compare_made(evaluated_run, monke
     ctx = plot.run(params)
     assert ctx.status["ablations"] == "done"
     assert "| copy" in (root / "reports" / "report.md").read_text()
+    for suffix in (".md", ".tex"):  # the paper's tables sit together
+        copied = root / params["plot"]["tables_dir"] / f"{compare.TABLE}{suffix}"
+        assert copied.read_text() == (tmp_path / f"{compare.TABLE}{suffix}").read_text()
 
 
 def test_missing_inputs_skip_their_sections_without_failing(tmp_path, evaluated_run, monkeypatch):

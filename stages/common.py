@@ -72,6 +72,11 @@ def section_config(cls: type[T], section: dict[str, Any] | None, name: str, stri
 
 
 def _like(default: Any, value: Any) -> Any:
+    if isinstance(default, bool) and isinstance(value, str):  # bool("false") is True
+        word = value.strip().lower()
+        if word not in ("true", "false", "1", "0", "yes", "no"):
+            raise ValueError(f"not a boolean: {value!r}")
+        return word in ("true", "1", "yes")
     return type(default)(value) if isinstance(default, bool | int | float | str) else value
 
 
@@ -339,7 +344,10 @@ class Shards:
     @classmethod
     def from_params(cls, section: dict[str, Any] | None) -> Shards:
         section = dict(section or {})
-        ids = tuple(int(i) for i in section.pop("ids", (0,)))
+        ids = section.pop("ids", (0,))
+        if not isinstance(ids, list | tuple):
+            raise ValueError(f"shards.ids must be a list [0, ..., N-1], got {ids!r}")
+        ids = tuple(int(i) for i in ids)
         if ids != tuple(range(len(ids))) or not ids:
             raise ValueError(f"shards.ids must be 0..N-1 in order, got {list(ids)}")
         return section_config(cls, {"ids": ids, **section}, "shards")

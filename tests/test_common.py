@@ -39,6 +39,14 @@ def test_section_config_types_values_like_the_defaults() -> None:
     assert section_config(Knobs, None, "flow") == Knobs()
 
 
+def test_section_config_reads_boolean_words_as_booleans() -> None:
+    assert section_config(Knobs, {"enabled": "false"}, "flow").enabled is False
+    assert section_config(Knobs, {"enabled": "True"}, "flow").enabled is True
+    assert section_config(Knobs, {"enabled": 0}, "flow").enabled is False
+    with pytest.raises(ValueError, match="not a boolean"):
+        section_config(Knobs, {"enabled": "maybe"}, "flow")
+
+
 def test_section_config_refuses_unknown_keys_unless_lenient() -> None:
     with pytest.raises(KeyError, match=r"flow: unknown params \['sise'\]"):
         section_config(Knobs, {"sise": 224}, "flow")
@@ -80,6 +88,8 @@ def test_shards_from_params_need_ids_zero_to_n_minus_one() -> None:
     for bad in ([1], [0, 2], [], [1, 0]):
         with pytest.raises(ValueError, match=r"0\.\.N-1"):
             Shards.from_params({"ids": bad})
+    with pytest.raises(ValueError, match="must be a list"):
+        Shards.from_params({"ids": 4})  # a count where the list belongs
     assert parse_shard(["--shard", "2"], shards) == 2 and parse_shard(None, shards) == 0
     with pytest.raises(SystemExit):
         parse_shard(["--shard", "3"], shards)

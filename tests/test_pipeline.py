@@ -145,6 +145,23 @@ def ran(out: str) -> set[str]:
     return set(re.findall(r"Running stage '([^']+)'", out))
 
 
+def test_an_experiment_is_listed_and_its_plots_diff_against_the_baseline(
+    project: Path, tmp_path: Path
+) -> None:
+    run(["dvc", "repro"], project)
+    commit_all(project, "baseline")
+    run(["dvc", "exp", "run", "-n", "seed1", "-S", "train.seed=1"], project)
+    shown = run(["dvc", "exp", "show", "--csv"], project)
+    header, *rows = [line for line in shown.splitlines() if line.strip()]
+    assert "train.seed" in header and "test.mean.1-mae" in header, header
+    assert any(row.startswith("seed1,") for row in rows), shown
+    out = tmp_path / "plots"
+    run(["dvc", "plots", "diff", "HEAD", "seed1", "-o", str(out)], project)
+    html = (out / "index.html").read_text()
+    for label in ("HEAD", "seed1", "Validation mean 1-MAE", "openness_pred"):
+        assert label in html, label
+
+
 def test_two_shards_hold_their_own_clips_and_a_new_clip_reruns_only_its_shard(tmp_path: Path) -> None:
     root = copy_project(tmp_path / "sharded", {"shards": {"ids": [0, 1]}})
     stages = run(["dvc", "stage", "list", "--name-only"], root).split()

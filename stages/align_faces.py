@@ -586,12 +586,10 @@ def main(argv: list[str] | None = None) -> None:
         "frames_dir": str(shard_root(params["frames_dir"], run.shard)),
         "out_dir": str(run.out_dir),
     }
-    start = time.perf_counter()
     results = run_clips(
         process_clip, run.clips, workers, f"align-faces@{run.shard}", init_worker, (cfg, threads)
     )
     report = stage_report(results, params)
-    report["seconds"] = round(time.perf_counter() - start, 2)
     write_shard_report(run, report, results)
     logger.info("faces: %d ok, %d skipped (report %s)", report["ok"], report["skipped"], run.report)
 

@@ -16,6 +16,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -417,6 +418,7 @@ class ShardRun:
     report: Path
     removed: int  # partial files and stale outputs removed before the run
     log_name: str
+    started: float = field(default_factory=time.perf_counter)  # the clips' work starts after set-up
 
 
 def start_shard(stage: str, out_dir: str | Path, report: str | Path, argv: list[str] | None) -> ShardRun:
@@ -441,6 +443,12 @@ def start_shard(stage: str, out_dir: str | Path, report: str | Path, argv: list[
 
 
 def write_shard_report(run: ShardRun, report: dict[str, Any], results: list[ClipResult]) -> None:
-    """The shard's report with every clip's result, from which stages.shards merges the stage's report."""
-    extra = {"shard": run.shard, "shards": run.shards.count, "results": [result_dict(r) for r in results]}
+    """The shard's report with its seconds and every clip's result, from which stages.shards merges the
+    stage's report."""
+    extra = {
+        "seconds": round(time.perf_counter() - run.started, 2),
+        "shard": run.shard,
+        "shards": run.shards.count,
+        "results": [result_dict(r) for r in results],
+    }
     write_json(run.report, report | extra)

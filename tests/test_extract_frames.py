@@ -213,6 +213,7 @@ def test_main_processes_good_clips_skips_bad_ones_and_resumes(tmp_path, monkeypa
     skipped = {s["clip"]: s["reason"] for s in report["skipped_clips"]}
     assert set(skipped) == set(UNREADABLE + TOO_SHORT)
     assert report["ok"] == len(READABLE) and report["frames_per_clip"]["min"] >= 8
+    assert report["seconds"] > 0  # every per-clip stage times its shard's clips
     for case in READABLE:
         name = clips[case].stem
         out = Path("data/frames/0") / splits[name] / f"{name}.npz"

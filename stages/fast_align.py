@@ -25,7 +25,6 @@ from stages.align_faces import (
     build_track,
     check_coverage,
     detect_frames,
-    detection_indices,
     interpolate_track,
     main_face_values,
     merge_detections,
@@ -74,6 +73,107 @@ def track_between(
     return (1 - w) * forward + w * backward, gap
 
 
+class StreamAligner:
+    """align_fast on frames as they arrive, so that alignment overlaps decoding.
+
+    `expected` is the number of frames the clip should have (from its container; the real count
+    may differ). MTCNN runs on every k-th frame as it arrives, k chosen so that `detections` frames
+    are detected over `expected`, and on the last frame at the end. As soon as a detected frame
+    closes a gap, the landmarks are tracked through it by Lucas-Kanade forward and backward; where
+    the two paths part by more than `tolerance` face sides (a fast turn, an occlusion) its middle
+    frame is detected too and both halves are tracked again, worst gaps first, until every gap
+    is tracked, too short to split, or `max_detections` frames in all were detected (the planned
+    ones come first). `finish` settles the main face over the whole clip, re-tracks the gaps whose
+    ends that changed, and warps the faces. LK runs on grey frames downscaled so that the first
+    face seen is about LK_FACE_SIDE wide.
+    """
+
+    def __init__(
+        self,
+        detector: FaceDetector,
+        cfg: AlignConfig,
+        expected: int,
+        detections: int,
+        max_detections: int,
+        tolerance: float,
+    ) -> None:
+        self.detector, self.cfg, self.tolerance = detector, cfg, tolerance
+        self.every = max(1, int(np.ceil((max(expected, 2) - 1) / max(1, detections - 1))))
+        planned = len(range(0, max(expected, 1), self.every)) + 1  # and the last frame
+        self.max_splits = max(0, max_detections - planned)
+        self.splits = 0
+        self.frames: list[np.ndarray] = []
+        self.gray: list[np.ndarray] = []
+        self.scale = 0.0  # of the LK frames; 0 until a face is seen
+        self.det = Detections(np.zeros(0, np.int64), [], [], [])
+        self.cache: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, float]] = {}
+
+    def add(self, frame: np.ndarray) -> None:
+        """Take the next frame (RGB uint8 [H, W, 3]); detects and tracks what it can already."""
+        index = len(self.frames)
+        self.frames.append(frame)
+        if self.scale:
+            self.gray.append(self._gray(frame))
+        if index % self.every == 0:
+            self._detect([index])
+            self._settle()
+
+    def finish(self) -> FaceTrack:
+        """The aligned track of all frames added; raises SkipClip when the face is missing from more
+        than 1 - `min_valid_ratio` of them."""
+        if not self.frames:
+            raise SkipClip("no frames")
+        length = len(self.frames)
+        if self.det.frame_index[-1] != length - 1:
+            self._detect([length - 1])
+        chosen, pick, paths = self._settle()
+        values, valid = interpolate_track(self.det.frame_index, pick, chosen >= 0, length)
+        check_coverage(valid, self.cfg.min_valid_ratio)
+        for (a, b), path in paths.items():
+            values[a + 1 : b, :10] = path[1:-1].reshape(b - a - 1, 10)
+        return build_track(np.stack(self.frames), values, valid, self.cfg)
+
+    def _detect(self, index: list[int]) -> None:
+        found = detect_frames(
+            np.stack([self.frames[i] for i in index]), np.arange(len(index)), self.detector, self.cfg
+        )
+        found.frame_index = np.asarray(index, np.int64)
+        self.det = merge_detections(self.det, found)
+        if not self.scale and any(len(b) for b in found.boxes):
+            box = next(b[0] for b in found.boxes if len(b))
+            side = float(np.sqrt(np.prod(box[2:] - box[:2])))
+            self.scale = min(1.0, LK_FACE_SIDE / max(side, 1.0))
+            self.gray = [self._gray(f) for f in self.frames]
+
+    def _gray(self, frame: np.ndarray) -> np.ndarray:
+        """A frame for LK: grey first (a third of the pixels for the costlier area downscale), then scaled."""
+        grey = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
+        if self.scale == 1.0:
+            return grey
+        height, width = grey.shape
+        dsize = (max(1, round(width * self.scale)), max(1, round(height * self.scale)))
+        return cv2.resize(grey, dsize, interpolation=cv2.INTER_AREA)
+
+    def _settle(self) -> tuple[np.ndarray, np.ndarray, dict[tuple[int, int], np.ndarray]]:
+        """Main face, its values per detection and the LK paths of every closed gap, splitting gaps
+        (detecting their middle frames) while the budget lasts."""
+        height, width = self.frames[0].shape[:2]
+        while True:
+            chosen = track_main_face(self.det, (width, height), self.cfg.track_distance)
+            pick = main_face_values(self.det, chosen)
+            if not self.scale:
+                return chosen, pick, {}
+            scale = self.gray[0].shape[1] / width
+            paths, split = _track_gaps(
+                self.gray, scale, self.det.frame_index, pick, chosen >= 0, self.tolerance, self.cache
+            )
+            split = split[: self.max_splits - self.splits]
+            if not split:
+                return chosen, pick, paths
+            self.splits += len(split)
+            self._detect(sorted(split))
+
+
 def align_fast(
     frames: np.ndarray,
     detector: FaceDetector,
@@ -82,49 +182,14 @@ def align_fast(
     max_detections: int,
     tolerance: float,
 ) -> FaceTrack:
-    """align_clip with MTCNN on `detections` evenly spaced frames and LK tracking in between.
-
-    Where the forward and backward LK paths between two sightings part by more than `tolerance`
-    face sides (a fast turn, an occlusion), the middle frame is detected too and both halves are
-    tracked again, worst gaps first, until every gap is tracked, too short to split, or
-    `max_detections` frames were detected. Raises SkipClip when the face is missing from more
-    than 1 - `min_valid_ratio` of the frames.
-    """
+    """align_clip with MTCNN on `detections` evenly spaced frames and LK tracking in between (see
+    StreamAligner, here fed a whole clip). Raises SkipClip when the face is missing from more than
+    1 - `min_valid_ratio` of the frames."""
     frames = as_rgb(frames)
-    if len(frames) == 0:
-        raise SkipClip("no frames")
-    length, height, width = frames.shape[:3]
-    every = max(1, int(np.ceil((length - 1) / max(1, detections - 1))))
-    det = detect_frames(frames, detection_indices(length, every), detector, cfg)
-    gray, scale = _tracking_frames(frames, det)
-    cache: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, float]] = {}
-    while True:
-        chosen = track_main_face(det, (width, height), cfg.track_distance)
-        pick = main_face_values(det, chosen)
-        paths, split = _track_gaps(gray, scale, det.frame_index, pick, chosen >= 0, tolerance, cache)
-        split = split[: max(0, max_detections - len(det.frame_index))]
-        if not split:
-            break
-        det = merge_detections(det, detect_frames(frames, np.asarray(split, np.int64), detector, cfg))
-    values, valid = interpolate_track(det.frame_index, pick, chosen >= 0, length)
-    check_coverage(valid, cfg.min_valid_ratio)
-    for (a, b), path in paths.items():
-        values[a + 1 : b, :10] = path[1:-1].reshape(b - a - 1, 10)
-    return build_track(frames, values, valid, cfg)
-
-
-def _tracking_frames(frames: np.ndarray, det: Detections) -> tuple[list[np.ndarray], float]:
-    """Grayscale frames for LK, downscaled so the median detected face is about LK_FACE_SIDE wide, and the scale."""
-    sides = [np.sqrt(np.prod(b[:, 2:] - b[:, :2], axis=1)) for b in det.boxes if len(b)]
-    side = float(np.median(np.concatenate(sides))) if sides else float(max(frames.shape[1:3]))
-    scale = min(1.0, LK_FACE_SIDE / max(side, 1.0))
-    height, width = frames.shape[1:3]
-    dsize = (max(1, round(width * scale)), max(1, round(height * scale)))
-    gray = []
+    aligner = StreamAligner(detector, cfg, len(frames), detections, max_detections, tolerance)
     for frame in frames:
-        small = frame if scale == 1.0 else cv2.resize(frame, dsize, interpolation=cv2.INTER_AREA)
-        gray.append(cv2.cvtColor(small, cv2.COLOR_RGB2GRAY))
-    return gray, dsize[0] / width
+        aligner.add(frame)
+    return aligner.finish()
 
 
 def _track_gaps(

@@ -5,14 +5,22 @@ multiple of 1/fps, timestamps relative to the stream start, kept frames area-dow
 `max_side`: without skipping the frames are identical), but the decoder runs frame-threaded and
 FFmpeg can be told to skip frames: `nonref` skips those no other frame references (about 40% of
 a typical H.264 webcam clip; samples move by up to a frame), `bidir` every B-frame (about 60%;
-samples move by up to three frames at 30 fps, which unevens the 5-fps flow steps). Skipping
-moves samples, so the pipeline never uses it: only `predict --fast` does.
+samples move by up to three frames at 30 fps, which unevens the 5-fps flow steps). With
+`deblock=False` it also skips the in-loop deblocking filter (H.264 `skip_loop_filter`), about a
+fifth of the decoding work, at the price of faint block edges in the pixels. Both change the
+pixels, so the pipeline never uses them: only `predict --fast` does.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
+import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from queue import Empty, Queue
+from typing import TypeVar
 
 import av
 import cv2
@@ -22,9 +30,110 @@ from stages.common import SkipClip
 from stages.extract_frames import TIME_TOLERANCE_S, Frames, fit_size
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Our names for FFmpeg's skip_frame (AVDiscard) settings.
 SKIP = {"none": "DEFAULT", "nonref": "NONREF", "bidir": "BIDIR"}
+
+
+class SampledStream:
+    """The samples of one video as they are decoded: iterate for (RGB frame, seconds) pairs.
+
+    Opening checks the file and reads the container's header; `expected` is then the number of
+    samples its declared duration promises (0 when it declares none), so a consumer can plan
+    before the frames arrive. After the iteration, `frames()` gives what decode_sampled returns.
+    `threads` are the decoder's (0: FFmpeg's choice); `skip` is one of SKIP; `deblock=False` skips
+    the deblocking filter (codecs without one ignore it). Raises SkipClip when the file is missing,
+    empty or not a video.
+    """
+
+    def __init__(
+        self,
+        video_path: str | Path,
+        fps: float,
+        max_side: int,
+        threads: int = 0,
+        skip: str = "none",
+        deblock: bool = True,
+    ) -> None:
+        if skip not in SKIP:
+            raise ValueError(f"unknown skip mode {skip!r}; expected one of {sorted(SKIP)}")
+        self.path = Path(video_path)
+        if not self.path.is_file():
+            raise SkipClip(f"missing video file {self.path.name}")
+        if self.path.stat().st_size == 0:
+            raise SkipClip("empty file (0 bytes)")
+        try:
+            self.container = av.open(str(self.path))
+        except (av.FFmpegError, UnicodeDecodeError) as exc:
+            raise SkipClip(f"cannot open: not a readable video file ({type(exc).__name__})") from None
+        if not self.container.streams.video:
+            self.container.close()
+            raise SkipClip("cannot open: the file has no video stream")
+        self.fps, self.max_side = fps, max_side
+        stream = self.stream = self.container.streams.video[0]
+        stream.thread_type = "AUTO"
+        stream.thread_count = threads
+        stream.codec_context.skip_frame = SKIP[skip]
+        if not deblock:  # an FFmpeg decoder option, read when the decoder opens at the first packet
+            stream.codec_context.options = {**stream.codec_context.options, "skip_loop_filter": "all"}
+        self.start = stream.start_time or 0
+        self.rate = float(stream.average_rate or 0.0)  # read now: a closed container reports none
+        self.duration = float(stream.duration * stream.time_base) if stream.duration else 0.0
+        self.expected = int(np.ceil(self.duration * fps - TIME_TOLERANCE_S)) if self.duration > 0 else 0
+        self.timestamps: list[float] = []
+        self.decoded, self.last_t = 0, 0.0
+        self.source_size = (0, 0)
+        self.seconds = 0.0  # spent inside the iteration (decoding and converting)
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, float]]:
+        stream, fps = self.stream, self.fps
+        next_k, out_size = 0, (0, 0)
+        clock = time.perf_counter()
+        try:
+            with self.container:
+                for frame in self.container.decode(stream):
+                    if frame.pts is None:
+                        continue
+                    t = float((frame.pts - self.start) * stream.time_base)
+                    self.decoded += 1
+                    self.last_t = t
+                    if t + TIME_TOLERANCE_S < next_k / fps:
+                        continue
+                    if not self.timestamps:
+                        self.source_size = (frame.width, frame.height)
+                        out_size = fit_size(self.source_size, self.max_side)
+                    image = _to_rgb(frame, out_size)
+                    self.timestamps.append(t)
+                    next_k = int(np.floor((t + TIME_TOLERANCE_S) * fps)) + 1
+                    self.seconds += time.perf_counter() - clock
+                    yield image, t
+                    clock = time.perf_counter()
+        except av.FFmpegError as exc:  # a cut-off file ends the stream early; coverage decides below
+            log.debug("%s: decoding stopped after %d frames: %s", self.path.name, self.decoded, exc)
+        self.seconds += time.perf_counter() - clock
+
+    def check(self, min_coverage: float = 0.0) -> None:
+        """After the iteration: SkipClip when no frame came, or (with `min_coverage` > 0) when the
+        frames end before that share of the duration the container declares."""
+        if not self.timestamps:
+            raise SkipClip("no decodable frames (truncated or corrupt video)")
+        frame_step = 1.0 / self.rate if self.rate else 0.0
+        if min_coverage > 0 and self.duration > 0 and self.last_t + frame_step < min_coverage * self.duration:
+            raise SkipClip(
+                f"truncated: frames end at {self.last_t:.2f} s of the {self.duration:.2f} s its container declares"
+            )
+
+    def frames(self, images: list[np.ndarray], min_coverage: float = 0.0) -> Frames:
+        """The Frames of the finished iteration, given the images it yielded (checked as by `check`)."""
+        self.check(min_coverage)
+        return Frames(
+            frames=np.stack(images),
+            timestamps=np.asarray(self.timestamps, np.float64),
+            source_fps=self.rate,
+            source_size=self.source_size,
+            source_frames=self.decoded,
+        )
 
 
 def decode_sampled(
@@ -34,67 +143,60 @@ def decode_sampled(
     threads: int = 0,
     skip: str = "none",
     min_coverage: float = 0.0,
+    deblock: bool = True,
 ) -> Frames:
     """Decode a video with PyAV and keep the first frame at or after each multiple of 1/fps seconds.
 
-    `threads` are the decoder's (0: FFmpeg's choice); `skip` is one of SKIP. Raises SkipClip when the file is missing,
-    empty, not a video, yields no frames, or (with `min_coverage` > 0) ends before that share of
-    the duration its container declares.
+    The arguments are SampledStream's. Raises SkipClip when the file is missing, empty, not a
+    video, yields no frames, or (with `min_coverage` > 0) ends before that share of the duration
+    its container declares.
     """
-    if skip not in SKIP:
-        raise ValueError(f"unknown skip mode {skip!r}; expected one of {sorted(SKIP)}")
-    video_path = Path(video_path)
-    if not video_path.is_file():
-        raise SkipClip(f"missing video file {video_path.name}")
-    if video_path.stat().st_size == 0:
-        raise SkipClip("empty file (0 bytes)")
-    try:
-        container = av.open(str(video_path))
-    except (av.FFmpegError, UnicodeDecodeError) as exc:
-        raise SkipClip(f"cannot open: not a readable video file ({type(exc).__name__})") from None
-    with container:
-        if not container.streams.video:
-            raise SkipClip("cannot open: the file has no video stream")
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        stream.thread_count = threads
-        stream.codec_context.skip_frame = SKIP[skip]
-        start = stream.start_time or 0
-        duration = float(stream.duration * stream.time_base) if stream.duration else 0.0
-        kept, times = [], []
-        decoded, last_t, next_k = 0, 0.0, 0
-        source_size, out_size = (0, 0), (0, 0)
+    stream = SampledStream(video_path, fps, max_side, threads, skip, deblock)
+    return stream.frames([image for image, _ in stream], min_coverage)
+
+
+def prefetch(items: Iterable[T], depth: int = 0) -> Iterator[T]:
+    """Iterate `items` in a background thread, `depth` ahead at most (0: no limit), yielding them here.
+
+    Decoders, OpenCV, TensorFlow and torch release the GIL, so the producer's work overlaps the
+    consumer's on another core. An exception in the producer is raised here, in order; when the
+    consumer stops early the producer is told to stop and is waited for.
+    """
+    queue: Queue = Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def produce() -> None:
+        iterator = iter(items)
         try:
-            for frame in container.decode(stream):
-                if frame.pts is None:
-                    continue
-                t = float((frame.pts - start) * stream.time_base)
-                decoded += 1
-                last_t = t
-                if t + TIME_TOLERANCE_S < next_k / fps:
-                    continue
-                if not kept:
-                    source_size = (frame.width, frame.height)
-                    out_size = fit_size(source_size, max_side)
-                kept.append(_to_rgb(frame, out_size))
-                times.append(t)
-                next_k = int(np.floor((t + TIME_TOLERANCE_S) * fps)) + 1
-        except av.FFmpegError as exc:  # a cut-off file ends the stream early; coverage decides below
-            log.debug("%s: decoding stopped after %d frames: %s", video_path.name, decoded, exc)
-    if not kept:
-        raise SkipClip("no decodable frames (truncated or corrupt video)")
-    frame_step = 1.0 / float(stream.average_rate) if stream.average_rate else 0.0
-    if min_coverage > 0 and duration > 0 and last_t + frame_step < min_coverage * duration:
-        raise SkipClip(
-            f"truncated: frames end at {last_t:.2f} s of the {duration:.2f} s its container declares"
-        )
-    return Frames(
-        frames=np.stack(kept),
-        timestamps=np.asarray(times, np.float64),
-        source_fps=float(stream.average_rate or 0.0),
-        source_size=source_size,
-        source_frames=decoded,
-    )
+            for item in iterator:
+                if stop.is_set():
+                    return
+                queue.put((item, None))
+            queue.put((done, None))
+        except BaseException as exc:  # noqa: BLE001 - handed over to the consumer
+            queue.put((done, exc))
+        finally:
+            close = getattr(iterator, "close", None)
+            if close is not None:  # a generator: run its cleanup (closing the video) in this thread
+                close()
+
+    worker = threading.Thread(target=produce, name="prefetch", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item, exc = queue.get()
+            if item is done:
+                if exc is not None:
+                    raise exc
+                return
+            yield item
+    finally:
+        stop.set()
+        while worker.is_alive():  # unblock a producer waiting on a full queue
+            with contextlib.suppress(Empty):
+                queue.get(timeout=0.05)
+        worker.join()
 
 
 def _to_rgb(frame: av.VideoFrame, size: tuple[int, int]) -> np.ndarray:

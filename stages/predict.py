@@ -40,9 +40,16 @@ from model.training import load_checkpoint, resolve_device
 from stages.align_faces import AlignConfig, FaceDetector, align_clip, make_detector
 from stages.common import Clip, SkipClip, atomic_path, load_params, section_config, setup_logging
 from stages.compute_flow import Flow, clip_flow, estimator_from
-from stages.extract_frames import Frames, check_frames, decode_frames, encode_frames, sample_frames
-from stages.fast_align import align_fast
-from stages.fast_decode import decode_sampled
+from stages.extract_frames import (
+    Frames,
+    check_counts,
+    check_frames,
+    decode_frames,
+    encode_frames,
+    sample_frames,
+)
+from stages.fast_align import StreamAligner
+from stages.fast_decode import SampledStream, decode_sampled, prefetch
 
 log = logging.getLogger(__name__)
 
@@ -56,22 +63,28 @@ FRAMES_DEFAULTS: dict[str, Any] = {
     "min_coverage": 0.9,
 }
 STEPS = ("decode", "detect", "align", "flow", "forward")
+# --fast plans its detections on the clip length its container declares; without one, on this (FI V2 clips are ~15 s).
+DEFAULT_SECONDS = 15.0
 
 
 @dataclass(frozen=True)
 class FastConfig:
     """What `--fast` changes from the pipeline's preprocessing, and nothing else.
 
-    Frames are decoded with PyAV, skipping frames per `skip` (stages/fast_decode.py: a sample may
-    move by a frame with nonref, up to three with bidir), and not WebP round-tripped; MTCNN runs on `detections` evenly spaced frames, plus up to
-    `max_detections` in all where the landmarks' Lucas-Kanade tracks between two sightings part
-    by more than `tolerance` face sides (stages/fast_align.py). Flow and the network are unchanged.
+    Frames are decoded with PyAV in a background thread, skipping frames per `skip`
+    (stages/fast_decode.py: a sample may move by a frame with nonref, up to three with bidir) and,
+    unless `deblock`, the deblocking filter, and are not round-tripped through the storage codec.
+    They are aligned as they arrive (stages/fast_align.py, StreamAligner): MTCNN on `detections`
+    evenly spaced frames, plus up to `max_detections` in all where the landmarks' Lucas-Kanade
+    tracks between two sightings part by more than `tolerance` face sides. Flow and the network
+    are unchanged.
     """
 
     detections: int = 8
     max_detections: int = 16
     tolerance: float = 0.1
     skip: str = "nonref"  # none | nonref | bidir
+    deblock: bool = False
 
 
 @dataclass(frozen=True)
@@ -87,6 +100,7 @@ class PredictParams:
     fast_max_detections: int = FastConfig.max_detections
     fast_tolerance: float = FastConfig.tolerance
     fast_skip: str = FastConfig.skip
+    fast_deblock: bool = FastConfig.deblock
 
     @classmethod
     def load(cls, path: str | Path = "params.yaml") -> PredictParams:
@@ -103,6 +117,7 @@ class PredictParams:
             max_detections=self.fast_max_detections,
             tolerance=self.fast_tolerance,
             skip=self.fast_skip,
+            deblock=self.fast_deblock,
         )
 
 
@@ -199,7 +214,8 @@ def read_frames(video: str | Path, frames_params: dict[str, Any], fast: FastConf
     """Frames (RGB [T, H, W, 3] and timestamps) as align-faces would read them from extract-frames' output.
 
     Exact: sample_frames, the clip checks, then the storage codec's encode-decode round trip.
-    Fast: PyAV decoding (see FastConfig), the same checks, no round trip.
+    Fast: PyAV decoding (see FastConfig), the same checks, no round trip (`predict --fast` streams
+    the frames instead: Predictor.features).
     """
     p = frames_params
     if fast is None:
@@ -207,7 +223,9 @@ def read_frames(video: str | Path, frames_params: dict[str, Any], fast: FastConf
         check_frames(frames, p["min_frames"], p["min_coverage"])
         frames.frames = decode_frames(*encode_frames(frames.frames, p["codec"], p["quality"]))
         return frames
-    frames = decode_sampled(video, p["fps"], p["max_side"], skip=fast.skip, min_coverage=p["min_coverage"])
+    frames = decode_sampled(
+        video, p["fps"], p["max_side"], skip=fast.skip, min_coverage=p["min_coverage"], deblock=fast.deblock
+    )
     check_frames(frames, p["min_frames"], 0.0)
     return frames
 
@@ -310,30 +328,57 @@ class Predictor:
     ) -> ClipFeatures:
         """Frames, aligned faces and flow of one video; raises SkipClip for an unusable one.
 
-        `frames` may be a Future of `read(video)` started earlier; then "decode" times only the wait.
+        `frames` may be a Future of `read(video)` started earlier (exact path only); then "decode"
+        times only the wait. The fast path streams instead: see `_fast_track`.
         """
         timings = {} if timings is None else timings
-        start = time.perf_counter()
-        frames = self.read(video) if frames is None else frames.result()
-        timings["decode"] = time.perf_counter() - start
         self.detector.reset()
-        start = time.perf_counter()
         if self.fast is None:
+            start = time.perf_counter()
+            frames = self.read(video) if frames is None else frames.result()
+            timings["decode"] = time.perf_counter() - start
+            start = time.perf_counter()
             track = align_clip(frames.frames, self.detector, self.align_cfg)
+            timestamps = frames.timestamps
+            timings["align"] = time.perf_counter() - start - self.detector.seconds
         else:
-            f = self.fast
-            track = align_fast(
-                frames.frames, self.detector, self.align_cfg, f.detections, f.max_detections, f.tolerance
-            )
+            track, timestamps = self._fast_track(video, timings)
         timings["detect"] = self.detector.seconds
-        timings["align"] = time.perf_counter() - start - self.detector.seconds
         start = time.perf_counter()
         check_flow_input(track.valid, self.pre.flow.get("min_frames", 2))
         flow = clip_flow(
             track.faces, self.estimator, self.pre.flow["size"], self.pre.flow["bound"], track.valid
         )
         timings["flow"] = time.perf_counter() - start
-        return ClipFeatures(track.faces, track.valid, flow, frames.timestamps)
+        return ClipFeatures(track.faces, track.valid, flow, timestamps)
+
+    def _fast_track(self, video: str | Path, timings: dict[str, float]) -> tuple[Any, np.ndarray]:
+        """The fast path's aligned track and timestamps: a background thread decodes while this one
+        aligns each frame as it comes (StreamAligner), so on two cores the clip costs about its
+        decoding plus the last gap, not decoding plus alignment.
+
+        timings: "decode" is the decoder thread's busy time, which overlaps "align" (this thread's
+        alignment work, without MTCNN's "detect").
+        """
+        p, f = self.pre.frames, self.fast
+        stream = SampledStream(video, p["fps"], p["max_side"], skip=f.skip, deblock=f.deblock)
+        expected = stream.expected or round(DEFAULT_SECONDS * p["fps"])
+        aligner = StreamAligner(
+            self.detector, self.align_cfg, expected, f.detections, f.max_detections, f.tolerance
+        )
+        work = 0.0
+        for image, _ in prefetch(stream):
+            start = time.perf_counter()
+            aligner.add(image)
+            work += time.perf_counter() - start
+        timings["decode"] = stream.seconds
+        stream.check(p["min_coverage"])
+        check_counts(len(stream.timestamps), stream.decoded, 0, p["min_frames"], 0.0)
+        start = time.perf_counter()
+        track = aligner.finish()
+        work += time.perf_counter() - start
+        timings["align"] = work - self.detector.seconds
+        return track, np.asarray(stream.timestamps, np.float64)
 
     def predict(
         self, video: str | Path, explain_dir: str | Path | None = None, frames: Future | None = None
@@ -378,11 +423,14 @@ class Predictor:
     ) -> list[ClipPrediction]:
         """predict() over the videos in order, with a progress bar.
 
-        The next video is decoded in a background thread while the current one is aligned and
-        predicted (decoders, OpenCV, TensorFlow and torch release the GIL), so on two cores a
-        folder costs about max(decode, the rest) per clip rather than their sum.
+        Exact path: the next video is decoded in a background thread while the current one is
+        aligned and predicted (decoders, OpenCV, TensorFlow and torch release the GIL), so on two
+        cores a folder costs about max(decode, the rest) per clip rather than their sum. The fast
+        path overlaps the two within each clip instead.
         """
         bar = tqdm(videos, desc="predict", unit="clip", disable=not progress or len(videos) < 2)
+        if self.fast is not None:  # each clip already decodes in the background while it is aligned
+            return [self.predict(video, explain_dir) for video in bar]
         results = []
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode") as pool:
             pending = pool.submit(self.read, videos[0]) if videos else None

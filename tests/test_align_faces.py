@@ -137,6 +137,23 @@ def test_window_detection_matches_whole_frame_detection(detector: af.FaceDetecto
     np.testing.assert_allclose(windowed.boxes[1], whole.boxes[1], atol=3.0)
 
 
+def test_compiled_networks_find_what_eager_ones_find(detector: af.FaceDetector) -> None:
+    eager = af.make_detector(compiled=False)
+    # Two frame sizes and two batch sizes, so that traces are made, reused and generalised.
+    for frames, index in [
+        (face_frames(3, (320, 240)), np.array([0])),
+        (face_frames(3, (320, 240)), np.array([1])),
+        (face_frames(3, (240, 320), seed=1), np.arange(3)),
+    ]:
+        fast = af.detect_frames(frames, index, detector, CFG)
+        slow = af.detect_frames(frames, index, eager, CFG)
+        assert [len(b) for b in fast.boxes] == [len(b) for b in slow.boxes]
+        assert sum(len(b) for b in fast.boxes) >= len(index)
+        for a, b in zip(fast.landmarks + fast.boxes, slow.landmarks + slow.boxes, strict=True):
+            np.testing.assert_allclose(a, b, atol=1e-3)
+    assert af.compile_networks(detector) is detector  # compiling twice wraps nothing twice
+
+
 def test_coverage_reasons() -> None:
     with pytest.raises(SkipClip, match=r"^no face$"):
         af.check_coverage(np.zeros(10, bool), 0.5)

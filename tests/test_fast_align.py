@@ -10,7 +10,7 @@ import pytest
 
 from stages.align_faces import AlignConfig
 from stages.common import SkipClip
-from stages.fast_align import align_fast, track_between
+from stages.fast_align import StreamAligner, align_fast, track_between
 
 SIZE = 200
 # A face-sized box and five landmarks in the first frame (pixels).
@@ -98,3 +98,27 @@ def test_no_face_raises_skipclip() -> None:
 
     with pytest.raises(SkipClip, match="no face"):
         align_fast(frames, Nobody(), AlignConfig(), detections=3, max_detections=3, tolerance=0.1)
+
+
+@pytest.mark.parametrize("expected", [8, 21, 60])
+def test_a_wrong_length_estimate_still_tracks_every_frame_within_budget(expected: int) -> None:
+    shifts = smooth_shifts(21)
+    frames = shifted_frames(shifts)
+    detector = ScriptedDetector(frames, shifts)
+    aligner = StreamAligner(detector, AlignConfig(size=64), expected, 3, 6, 0.1)
+    for frame in frames:
+        aligner.add(frame)
+    track = aligner.finish()
+    assert 20 in detector.calls and len(detector.calls) <= 6  # the last frame, and the budget
+    assert track.valid.all()
+    assert np.abs(track.landmarks - (LANDMARKS[None] + shifts[:, None])).max() < 0.5
+
+
+def test_streamed_tracking_happens_as_frames_arrive() -> None:
+    shifts = smooth_shifts(21)
+    frames = shifted_frames(shifts)
+    detector = ScriptedDetector(frames, shifts)
+    aligner = StreamAligner(detector, AlignConfig(size=64), 21, 3, 6, 0.1)
+    for frame in frames[:11]:
+        aligner.add(frame)
+    assert detector.calls == [0, 10] and (0, 10) in aligner.cache  # the first gap is tracked already

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +10,7 @@ import pytest
 
 from stages.common import SkipClip
 from stages.extract_frames import sample_frames
-from stages.fast_decode import decode_sampled
+from stages.fast_decode import SampledStream, decode_sampled, prefetch
 from tests.fixtures import make_bad_clips, make_face_clip
 
 
@@ -58,3 +59,52 @@ def test_missing_and_cut_short_files(clips: dict[str, Path], tmp_path: Path) -> 
         decode_sampled(tmp_path / "absent.mp4", 5, 160)
     with pytest.raises(SkipClip, match="truncated"):
         decode_sampled(clips["truncated_indexed"], 5, 160, min_coverage=0.9)
+
+
+@pytest.mark.shared_data
+def test_skipping_the_deblocking_filter_changes_pixels_only_slightly(real_clip: Path) -> None:
+    filtered = decode_sampled(real_clip, 5, 640, skip="nonref")
+    raw = decode_sampled(real_clip, 5, 640, skip="nonref", deblock=False)
+    np.testing.assert_array_equal(raw.timestamps, filtered.timestamps)
+    assert raw.frames.shape == filtered.frames.shape
+    diff = np.abs(raw.frames.astype(np.int16) - filtered.frames.astype(np.int16))
+    assert diff.max() > 0  # the filter was really skipped
+    assert diff.mean() < 4.0  # block edges (2.1 levels on average on this clip), not a different picture
+
+
+def test_stream_yields_what_decode_sampled_returns_and_plans_its_length(clips: dict[str, Path]) -> None:
+    whole = decode_sampled(clips["good"], 5, 160)
+    stream = SampledStream(clips["good"], 5, 160)
+    assert abs(stream.expected - len(whole.timestamps)) <= 1  # known before decoding
+    pairs = list(prefetch(stream))
+    np.testing.assert_array_equal(np.stack([image for image, _ in pairs]), whole.frames)
+    np.testing.assert_array_equal([t for _, t in pairs], whole.timestamps)
+    assert stream.decoded == whole.source_frames and stream.seconds > 0
+    stream.check(0.9)
+
+
+def test_prefetch_keeps_order_and_raises_the_producers_error_in_place() -> None:
+    def produce():
+        yield from range(5)
+        raise SkipClip("cut short")
+
+    seen = []
+    with pytest.raises(SkipClip, match="cut short"):
+        for item in prefetch(produce(), depth=2):
+            seen.append(item)
+    assert seen == [0, 1, 2, 3, 4]
+
+
+def test_prefetch_stops_and_closes_its_producer_when_the_consumer_stops() -> None:
+    closed = threading.Event()
+
+    def produce():
+        try:
+            yield from range(1000)
+        finally:
+            closed.set()
+
+    for item in prefetch(produce(), depth=1):
+        if item == 3:
+            break
+    assert closed.wait(5)  # the generator's cleanup ran (a video would be closed)

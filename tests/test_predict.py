@@ -141,9 +141,13 @@ EXPECTED_ERRORS = {
 }
 
 
+@pytest.mark.parametrize("fast", [False, True], ids=["exact", "fast"])
 def test_bad_inputs_fail_with_clear_messages_and_others_still_predict(
-    predictor: Predictor, clips: dict[str, Path], tmp_path: Path
+    predictor: Predictor, clips: dict[str, Path], tmp_path: Path, fast: bool
 ) -> None:
+    if fast:  # the streamed path: decoding in a thread, errors raised from it
+        predictor = copy.copy(predictor)
+        predictor.fast = FastConfig(detections=3, max_detections=4)
     readable = ("good", "non_ascii", "grayscale", "portrait", "variable_fps")
     videos = [clips[name] for name in EXPECTED_ERRORS] + [tmp_path / "absent.mp4"]
     for i, name in enumerate(readable):  # interleaved, so each follows a failure
@@ -169,8 +173,11 @@ def test_fast_mode_stays_close_to_the_pipeline(predictor: Predictor, clips: dict
     assert fast_features.detection_rate == 1.0
     diff = np.abs(fast_features.faces.astype(int) - exact_features.faces).mean()
     assert diff < 8, diff  # the same face, aligned from 3-4 detections, without the WebP round trip
+    assert fast_features.timestamps.shape == exact_features.timestamps.shape
+    assert np.all(fast_features.timestamps >= exact_features.timestamps - 1e-6)  # skipping: later or same
     exact, quick = predictor.predict(clips["good"]), fast.predict(clips["good"])
     assert quick.ok, quick.error
+    assert set(quick.timings) == set(STEPS)
     gap = np.abs(np.array(list(quick.scores.values())) - list(exact.scores.values())).max()
     assert gap < 0.05, gap
 

@@ -132,6 +132,7 @@ class AugmentConfig:
     """Training-only augmentation, applied consistently to faces and flow."""
 
     flip: float = 0.5  # probability of a horizontal flip (flow x is negated)
+    reverse: float = 0.0  # probability of playing the clip backwards (flow steps reversed and negated)
     crop: float = 0.85  # smallest relative side of the shared random crop; 1 disables
     brightness: float = 0.1
     contrast: float = 0.1

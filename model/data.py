@@ -109,13 +109,21 @@ def flow_window(steps: int, length: int, random: bool) -> slice:
 def augment_batch(
     faces: Tensor, flow: Tensor, flow_mask: Tensor, aug: AugmentConfig
 ) -> tuple[Tensor, Tensor]:
-    """Random flip, crop and colour jitter per clip, the same window on faces and flow.
+    """Random time reversal, flip, crop and colour jitter per clip, the same on faces and flow.
 
-    faces float [B, K, 3, S, S] in [0, 1]; flow [B, T, 2, F, F] in pixels. One affine grid per
-    clip does the crop (a square window of relative side s, resized back) and the mirror; the
-    flow is zoomed by 1/s with it and its x component negated where mirrored.
+    faces float [B, K, 3, S, S] in [0, 1]; flow [B, T, 2, F, F] in pixels. A reversed clip plays
+    backwards: its face frames in reverse order, its valid flow steps too, each negated (the
+    motion from frame t+1 back to t). One affine grid per clip does the crop (a square window of
+    relative side s, resized back) and the mirror; the flow is zoomed by 1/s with it and its x
+    component negated where mirrored.
     """
     bsz = faces.shape[0]
+    if aug.reverse > 0:
+        faces, flow = faces.clone(), flow.clone()
+        lengths = flow_mask.sum(1).tolist()
+        for i in torch.nonzero(torch.rand(bsz) < aug.reverse).flatten().tolist():
+            faces[i] = faces[i].flip(0)
+            flow[i, : lengths[i]] = -flow[i, : lengths[i]].flip(0)
     side = aug.crop + (1.0 - aug.crop) * torch.rand(bsz) if aug.crop < 1.0 else torch.ones(bsz)
     centre = (1.0 - side)[:, None] * (2.0 * torch.rand(bsz, 2) - 1.0)  # window stays inside the image
     sign = torch.where(torch.rand(bsz) < aug.flip, -1.0, 1.0)

@@ -89,6 +89,23 @@ def test_flip_mirrors_both_streams_and_negates_flow_x() -> None:
     torch.testing.assert_close(fl2[:, :, 1], flow[:, :, 1].flip(-1))
 
 
+def test_reversal_plays_clips_backwards_leaving_padding_alone() -> None:
+    faces = torch.rand(2, 3, 3, 8, 8)
+    flow = torch.randn(2, 5, 2, 6, 6)
+    mask = torch.tensor([[True] * 5, [True] * 3 + [False] * 2])
+    flow[1, 3:] = 0.0
+    before = flow.clone()
+    aug = AugmentConfig(flip=0.0, reverse=1.0, crop=1.0, brightness=0.0, contrast=0.0, saturation=0.0)
+    f2, fl2 = augment_batch(faces, flow, mask, aug)
+    torch.testing.assert_close(f2, faces.flip(1))
+    torch.testing.assert_close(fl2[0], -flow[0].flip(0))
+    torch.testing.assert_close(fl2[1, :3], -flow[1, :3].flip(0))  # only the valid steps
+    assert (fl2[1, 3:] == 0).all()
+    torch.testing.assert_close(flow, before)  # the input was copied, not changed in place
+    never = augment_batch(faces, flow, mask, AugmentConfig(flip=0.0, reverse=0.0, crop=1.0))
+    torch.testing.assert_close(never[1], flow)
+
+
 def test_crop_uses_the_same_window_on_faces_and_flow_and_zooms_flow() -> None:
     torch.manual_seed(1)
     side_f, side_w = 32, 16

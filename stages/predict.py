@@ -37,7 +37,7 @@ from tqdm import tqdm
 from model.config import DataConfig
 from model.data import Batch, ClipDataset, collate, frame_indices, load_clip_arrays
 from model.training import load_checkpoint, resolve_device
-from stages.align_faces import AlignConfig, FaceDetector, align_clip, make_detector
+from stages.align_faces import AlignConfig, FaceDetector, align_clip, detect_frames, make_detector
 from stages.common import Clip, SkipClip, atomic_path, load_params, section_config, setup_logging
 from stages.compute_flow import Flow, clip_flow, estimator_from
 from stages.extract_frames import (
@@ -307,6 +307,7 @@ class Predictor:
         fast: FastConfig | None = None,
         threads: int = 0,
         params_path: str | Path = "params.yaml",
+        warm_up: bool = True,
     ) -> None:
         if threads > 0:
             torch.set_num_threads(threads)
@@ -318,6 +319,30 @@ class Predictor:
         self.detector = TimedDetector(make_detector(self.pre.faces.get("device", "CPU:0"), threads))
         self.estimator = estimator_from(self.pre.flow)
         self.fast = fast
+        if warm_up:
+            self.warm_up()
+
+    def warm_up(self) -> None:
+        """Trace MTCNN's graphs and run the network once, so that the first clip costs what any clip does.
+
+        MTCNN's networks are traced per input shape until TensorFlow relaxes the shapes (after a
+        few different ones): three detections of the astronaut's face on frames of two sizes, one
+        with two images. Costs about a second once, in the start-up.
+        """
+        from skimage.data import astronaut
+
+        face = astronaut()[:256, 96:352]
+        calls = [((640, 360), 0.6, 1), ((480, 480), 0.9, 1), ((640, 360), 0.5, 2)]
+        for (width, height), scale, images in calls:
+            canvas = np.full((images, height, width, 3), 96, np.uint8)
+            small = cv2.resize(face, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+            canvas[:, : small.shape[0], : small.shape[1]] = small[:height, :width]
+            detect_frames(canvas, np.arange(images), self.detector.detector, self.align_cfg)
+        data = self.configs.data
+        faces = torch.zeros(1, data.static_frames, 3, data.static_size, data.static_size, device=self.device)
+        flow = torch.zeros(1, 8, 2, data.flow_size, data.flow_size, device=self.device)
+        with torch.inference_mode():
+            self.model(faces, flow, torch.ones(1, 8, dtype=torch.bool, device=self.device))
 
     def read(self, video: str | Path) -> Frames:
         """The frames of one video as this predictor's path (exact or fast) samples them."""

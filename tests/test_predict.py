@@ -76,6 +76,15 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return make_bad_clips(tmp_path_factory.mktemp("clips"))
 
 
+def test_building_a_predictor_traces_the_detector_before_any_clip(checkpoint: Path) -> None:
+    cold = Predictor(checkpoint, threads=1, warm_up=False)
+    assert all(stage._model.experimental_get_tracing_count() == 0 for stage in cold.detector.detector.stages)
+    cold.warm_up()
+    counts = [stage._model.experimental_get_tracing_count() for stage in cold.detector.detector.stages]
+    assert all(c >= 1 for c in counts), counts  # PNet, RNet and ONet all ran as graphs
+    assert cold.detector.images == 0  # warming up is not counted as a clip's detections
+
+
 def test_face_clip_gives_five_finite_scores_in_unit_interval(
     predictor: Predictor, clips: dict[str, Path]
 ) -> None:

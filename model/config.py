@@ -73,6 +73,7 @@ class DynamicConfig:
     input_size: int = 56  # flow fields are resized to this side (values rescaled to match)
     channels: int = 16  # light3d: width of the first block (doubles per block)
     blocks: int = 3  # light3d: number of strided blocks after the stem
+    subtract_mean: bool = False  # subtract each flow field's mean displacement (global motion) first
 
 
 @dataclass

@@ -215,6 +215,7 @@ class DynamicStream(nn.Module):
                 torch.zeros(1, 2, 8, cfg.input_size, cfg.input_size), torch.tensor([8])
             )
         self.backbone.train()
+        self.subtract_mean = cfg.subtract_mean
         h, w = probe.shape[-2:]
         self.spatial = (h, w)
         self.pos_emb = nn.Parameter(torch.zeros(1, 1, h * w, dim))
@@ -222,6 +223,10 @@ class DynamicStream(nn.Module):
 
     def forward(self, flow: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, tuple[int, int, int]]:
         lengths = mask.sum(1).clamp(min=1)
+        if self.subtract_mean:
+            # Mean displacement subtraction (Simonyan and Zisserman, NeurIPS 2014): what moves
+            # the whole crop (head motion, alignment jitter) is removed, leaving the face's own motion.
+            flow = flow - flow.mean(dim=(-2, -1), keepdim=True)
         x = flow.transpose(1, 2) * mask[:, None, :, None, None].to(flow.dtype)  # (B, 2, T, F, F)
         fmap, lengths = self.backbone(x, lengths)  # (B, C, T', h, w)
         bsz, _, t, h, w = fmap.shape

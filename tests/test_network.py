@@ -67,6 +67,21 @@ def test_padding_never_changes_a_prediction(backbone: str) -> None:
     assert not torch.allclose(batched[0], batched[1])
 
 
+@pytest.mark.parametrize("subtract", [True, False])
+def test_mean_subtraction_ignores_a_global_displacement_and_padding(subtract: bool) -> None:
+    cfg = tiny_cfg(dynamic={"subtract_mean": subtract})
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    faces, flow, mask = inputs(cfg, [5, 7])
+    drift = torch.tensor([1.5, -0.7])[None, None, :, None, None] * mask[:, :, None, None, None]
+    with torch.no_grad():
+        plain = model(faces, flow, mask).pred
+        moved = model(faces, flow + drift, mask).pred  # the whole crop slides on the valid steps
+        alone = model(faces[:1], flow[:1, :5], mask[:1, :5]).pred
+    assert torch.allclose(plain, moved, atol=1e-5) == subtract
+    torch.testing.assert_close(plain[0], alone[0], atol=1e-5, rtol=0)
+
+
 def test_attention_sums_to_one_and_ignores_padding() -> None:
     cfg = tiny_cfg(fusion={"layers": 2})
     with torch.no_grad():

@@ -94,7 +94,7 @@ def throughput(predictor: Predictor, video: Path, clips: int) -> dict[str, float
 def cold_start(video: Path, model: Path, fast: bool) -> dict[str, float]:  # fast: with params' fast knobs
     """A fresh `python -m stages.predict` process: seconds to its JSON, its start-up share and the clip's."""
     cmd = [sys.executable, "-m", "stages.predict", str(video.resolve()), "--model", str(model.resolve())] + (
-        ["--fast"] if fast else []
+        ["--fast"] if fast else ["--exact"]
     )
     env = os.environ | {"TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(REPO)}
     with tempfile.TemporaryDirectory() as tmp:
@@ -188,7 +188,7 @@ def main() -> None:
         load_start = time.perf_counter()
         exact_predictor = Predictor(model, threads=args.threads)
         fast_predictor = copy.copy(exact_predictor)  # the same model and detector
-        fast_predictor.fast = PredictParams.load().fast()
+        fast_predictor.fast = PredictParams.load().fast_config()
         if args.skip:
             fast_predictor.fast = replace(fast_predictor.fast, skip=args.skip)
         if args.deblock:

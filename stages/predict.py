@@ -1,12 +1,12 @@
 """predict: Big Five scores for any video, through the pipeline's own stage functions and the checkpoint's params.
 
-    python -m stages.predict CLIP|DIR [CLIP|DIR ...] [--model PATH] [--out FILE] [--explain DIR] [--fast]
+    python -m stages.predict CLIP|DIR [CLIP|DIR ...] [--model PATH] [--out FILE] [--explain DIR] [--fast | --exact]
 
-Each clip goes through extract-frames (`sample_frames`, then the JPEG or WebP round trip of its storage),
-align-faces (`align_clip`) and compute-flow (`clip_flow`) with the `frames`, `faces` and `flow`
-params stored in the checkpoint, then through the evaluation's own batching (`ClipDataset`,
-`collate`), so a clip is preprocessed exactly as in training. `--fast` trades that identity for
-speed (see FastConfig). Output: JSON (stdout or --out) or, when a folder is given or --out ends
+With `--exact`, each clip goes through extract-frames (`sample_frames`, then the JPEG or WebP
+round trip of its storage), align-faces (`align_clip`) and compute-flow (`clip_flow`) with the
+`frames`, `faces` and `flow` params stored in the checkpoint, then through the evaluation's own
+batching (`ClipDataset`, `collate`), so a clip is preprocessed exactly as in training. `--fast`
+(the default, `predict.fast`) trades that identity for speed (see FastConfig). Output: JSON (stdout or --out) or, when a folder is given or --out ends
 in .csv, CSV; a failed clip is a row with its error, and the exit status is 1 if any clip failed.
 
 Start-up (importing TensorFlow and torch, building MTCNN, loading the model) costs seconds once
@@ -92,6 +92,7 @@ class PredictParams:
     """The `predict` params section (every key optional)."""
 
     model: str = "data/model/best.pt"
+    fast: bool = True  # the streamed fast path unless --exact; False: the pipeline's exact path unless --fast
     device: str = "cpu"  # cpu | cuda | auto (torch); MTCNN runs on the faces section's device
     # torch and TensorFlow CPU threads; 0: their defaults. One clip's tensors are small, and spare
     # OpenMP threads spin on a busy machine: 1 is faster there, and leaves cores to the decoder.
@@ -111,7 +112,7 @@ class PredictParams:
             return cls()
         return section_config(cls, section, "predict", strict=False)
 
-    def fast(self) -> FastConfig:
+    def fast_config(self) -> FastConfig:
         return FastConfig(
             detections=self.fast_detections,
             max_detections=self.fast_max_detections,
@@ -520,8 +521,20 @@ def parse_args(argv: Sequence[str] | None, defaults: PredictParams) -> argparse.
     parser.add_argument(
         "--explain", metavar="DIR", help="save each clip's attention overlay as DIR/<clip>.png"
     )
-    parser.add_argument(
-        "--fast", action="store_true", help="faster preprocessing that differs from training's"
+    path = parser.add_mutually_exclusive_group()
+    path.add_argument(
+        "--fast",
+        action="store_true",
+        default=None,
+        help="streamed preprocessing, faster, slightly different from training's"
+        + (" (the default)" if defaults.fast else ""),
+    )
+    path.add_argument(
+        "--exact",
+        dest="fast",
+        action="store_false",
+        help="the pipeline's own preprocessing, identical to training's"
+        + ("" if defaults.fast else " (the default)"),
     )
     parser.add_argument("--device", default=defaults.device, help="torch device: cpu, cuda or auto")
     parser.add_argument("--params", default="params.yaml", help="params file for the predict section")
@@ -550,7 +563,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not Path(args.model).is_file():
         logger.error("no model at %s: train one (dvc repro train) or pass --model PATH", args.model)
         return 2
-    fast = params.fast() if args.fast else None
+    fast = params.fast_config() if (params.fast if args.fast is None else args.fast) else None
     try:
         predictor = Predictor(args.model, args.device, fast, params.threads, args.params)
     except Exception as exc:  # noqa: BLE001 - an unreadable or incompatible checkpoint: say so, no traceback

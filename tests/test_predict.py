@@ -26,10 +26,12 @@ from stages.predict import (
     ClipPrediction,
     FastConfig,
     Predictor,
+    PredictParams,
     Preprocess,
     attention_maps,
     expand_inputs,
     model_batch,
+    parse_args,
     write_results,
 )
 from tests.fixtures import NON_ASCII_NAME, make_bad_clips
@@ -248,6 +250,19 @@ def test_preprocess_comes_from_the_checkpoint_with_frames_fallback(tmp_path: Pat
     )
     with pytest.raises(ValueError, match="flow"):
         Preprocess.from_checkpoint({"faces": {"size": 64}})
+
+
+@pytest.mark.parametrize(
+    ("default", "flags", "fast"),
+    [(True, [], True), (True, ["--exact"], False), (False, [], False), (False, ["--fast"], True)],
+)
+def test_fast_is_the_params_default_and_flags_override_it(
+    default: bool, flags: list[str], fast: bool
+) -> None:
+    args = parse_args(["clip.mp4", *flags], PredictParams(fast=default))
+    assert (default if args.fast is None else args.fast) is fast
+    with pytest.raises(SystemExit):  # not both
+        parse_args(["clip.mp4", "--fast", "--exact"], PredictParams())
 
 
 def test_cli_on_a_folder_writes_csv_and_exits_non_zero_on_a_bad_clip(

@@ -83,7 +83,7 @@ class FastConfig:
     detections: int = 8
     max_detections: int = 16
     tolerance: float = 0.1
-    skip: str = "nonref"  # none | nonref | bidir
+    skip: str = "bidir"  # none | nonref | bidir
     deblock: bool = False
 
 

@@ -175,7 +175,10 @@ def test_bad_inputs_fail_with_clear_messages_and_others_still_predict(
 
 def test_fast_mode_stays_close_to_the_pipeline(predictor: Predictor, clips: dict[str, Path]) -> None:
     fast = copy.copy(predictor)
-    fast.fast = FastConfig(detections=3, max_detections=4)
+    # Non-reference skipping moves a sample by at most a frame; the default B-frame skipping by up
+    # to three (tests/test_fast_decode.py), which on this fast-swaying generated head moves the faces
+    # more than alignment error does, so the alignment comparison uses the former.
+    fast.fast = FastConfig(detections=3, max_detections=4, skip="nonref")
     exact_features = predictor.features(clips["good"])
     exact_detections = predictor.detector.images
     fast_features = fast.features(clips["good"])

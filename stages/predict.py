@@ -49,7 +49,7 @@ from stages.extract_frames import (
     sample_frames,
 )
 from stages.fast_align import StreamAligner
-from stages.fast_decode import SampledStream, decode_sampled, prefetch
+from stages.fast_decode import SampledStream, prefetch
 
 log = logging.getLogger(__name__)
 
@@ -211,23 +211,15 @@ class TimedDetector:
 # ---------------------------------------------------------------- pure functions on one clip
 
 
-def read_frames(video: str | Path, frames_params: dict[str, Any], fast: FastConfig | None) -> Frames:
-    """Frames (RGB [T, H, W, 3] and timestamps) as align-faces would read them from extract-frames' output.
-
-    Exact: sample_frames, the clip checks, then the storage codec's encode-decode round trip.
-    Fast: PyAV decoding (see FastConfig), the same checks, no round trip (`predict --fast` streams
-    the frames instead: Predictor.features).
+def read_frames(video: str | Path, frames_params: dict[str, Any]) -> Frames:
+    """Frames (RGB [T, H, W, 3] and timestamps) as align-faces would read them from extract-frames'
+    output: sample_frames, the clip checks, then the storage codec's encode-decode round trip.
+    (The fast path streams its frames instead: Predictor._fast_track.)
     """
     p = frames_params
-    if fast is None:
-        frames = sample_frames(video, p["fps"], p["max_side"])
-        check_frames(frames, p["min_frames"], p["min_coverage"])
-        frames.frames = decode_frames(*encode_frames(frames.frames, p["codec"], p["quality"]))
-        return frames
-    frames = decode_sampled(
-        video, p["fps"], p["max_side"], skip=fast.skip, min_coverage=p["min_coverage"], deblock=fast.deblock
-    )
-    check_frames(frames, p["min_frames"], 0.0)
+    frames = sample_frames(video, p["fps"], p["max_side"])
+    check_frames(frames, p["min_frames"], p["min_coverage"])
+    frames.frames = decode_frames(*encode_frames(frames.frames, p["codec"], p["quality"]))
     return frames
 
 
@@ -346,8 +338,8 @@ class Predictor:
             self.model(faces, flow, torch.ones(1, 8, dtype=torch.bool, device=self.device))
 
     def read(self, video: str | Path) -> Frames:
-        """The frames of one video as this predictor's path (exact or fast) samples them."""
-        return read_frames(video, self.pre.frames, self.fast)
+        """The frames of one video as the exact path reads them (see read_frames)."""
+        return read_frames(video, self.pre.frames)
 
     def features(
         self, video: str | Path, timings: dict[str, float] | None = None, frames: Future | None = None

@@ -11,6 +11,7 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Any, Protocol
 
@@ -472,9 +473,12 @@ def main_face_values(det: Detections, chosen: np.ndarray) -> np.ndarray:
     return values
 
 
-def build_track(frames: np.ndarray, values: np.ndarray, valid: np.ndarray, cfg: AlignConfig) -> FaceTrack:
+def build_track(
+    frames: np.ndarray | Sequence[np.ndarray], values: np.ndarray, valid: np.ndarray, cfg: AlignConfig
+) -> FaceTrack:
     """Smooth the per-frame track `values` (as main_face_values), fill invalid frames from the
-    nearest valid one, and warp every frame onto the template."""
+    nearest valid one, and warp every frame onto the template. `frames` may be a list of frames
+    (no need to stack them: each is only read once)."""
     length = len(frames)
     values = smooth_track(values, valid, cfg.smooth_window)
     source = nearest_valid(valid)

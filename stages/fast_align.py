@@ -131,7 +131,7 @@ class StreamAligner:
         check_coverage(valid, self.cfg.min_valid_ratio)
         for (a, b), path in paths.items():
             values[a + 1 : b, :10] = path[1:-1].reshape(b - a - 1, 10)
-        return build_track(np.stack(self.frames), values, valid, self.cfg)
+        return build_track(self.frames, values, valid, self.cfg)  # a list: stacking costs ~0.1 s per clip
 
     def _detect(self, index: list[int]) -> None:
         found = detect_frames(

@@ -25,6 +25,7 @@ from stages.align_faces import (
     build_track,
     check_coverage,
     detect_frames,
+    detection_indices,
     interpolate_track,
     main_face_values,
     merge_detections,
@@ -99,8 +100,10 @@ class StreamAligner:
     ) -> None:
         self.detector, self.cfg, self.tolerance = detector, cfg, tolerance
         self.every = max(1, int(np.ceil((max(expected, 2) - 1) / max(1, detections - 1))))
-        planned = len(range(0, max(expected, 1), self.every)) + 1  # and the last frame
-        self.max_splits = max(0, max_detections - planned)
+        planned = detection_indices(
+            max(expected, 1), self.every
+        )  # the grid and the last frame, as align_clip plans
+        self.max_splits = max(0, max_detections - len(planned))
         self.splits = 0
         self.frames: list[np.ndarray] = []
         self.gray: list[np.ndarray] = []

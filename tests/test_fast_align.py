@@ -119,6 +119,7 @@ def test_streamed_tracking_happens_as_frames_arrive() -> None:
     frames = shifted_frames(shifts)
     detector = ScriptedDetector(frames, shifts)
     aligner = StreamAligner(detector, AlignConfig(size=64), 21, 3, 6, 0.1)
+    assert aligner.max_splits == 3  # frames 0, 10 and 20 are planned; the last one is not counted twice
     for frame in frames[:11]:
         aligner.add(frame)
     assert detector.calls == [0, 10] and (0, 10) in aligner.cache  # the first gap is tracked already

@@ -133,7 +133,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--steps", type=int, default=3, help="timed steps per measurement")
-    parser.add_argument("--batch", type=int, default=8, help="batch of the default config")
+    parser.add_argument("--batch", type=int, default=0, help="batch of the default config (0: its train.batch_size)")
     parser.add_argument("--full-batch", type=int, default=2, help="batch of the full config")
     parser.add_argument("--full", type=Path, default=REPO / "configs" / "full.yaml")
     parser.add_argument("--gpu-tflops", type=float, default=71.0, help="dense bf16 TFLOP/s (RTX 3090: 71)")
@@ -141,10 +141,10 @@ def main() -> None:
     args = parser.parse_args()
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    default_model, _ = load_configs(None)
+    default_model, default_train = load_configs(None)
     full_model, full_train = load_configs(args.full)
     rows = [
-        measure("default", default_model, args.batch, args.steps, device),
+        measure("default", default_model, args.batch or int(default_train["batch_size"]), args.steps, device),
         measure("full", full_model, 1, args.steps, device),
         measure("full", full_model, args.full_batch, args.steps, device),
     ]

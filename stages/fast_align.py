@@ -100,9 +100,8 @@ class StreamAligner:
     ) -> None:
         self.detector, self.cfg, self.tolerance = detector, cfg, tolerance
         self.every = max(1, int(np.ceil((max(expected, 2) - 1) / max(1, detections - 1))))
-        planned = detection_indices(
-            max(expected, 1), self.every
-        )  # the grid and the last frame, as align_clip plans
+        # The grid and the last frame, as align_clip plans them.
+        planned = detection_indices(max(expected, 1), self.every)
         self.max_splits = max(0, max_detections - len(planned))
         self.splits = 0
         self.frames: list[np.ndarray] = []

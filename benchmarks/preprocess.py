@@ -23,10 +23,11 @@ from typing import Any
 import cv2
 import numpy as np
 
-from stages import align_faces as af
 from stages.common import load_params, write_json
-from stages.compute_flow import clip_flow, estimator_from
-from stages.extract_frames import sample_frames
+from stages.preprocess import faces as af
+from stages.preprocess.flow import clip_flow, estimator_from
+from stages.preprocess.template import LANDMARK_NAMES
+from stages.preprocess.video import sample_frames
 
 REAL_CLIP = Path(__file__).resolve().parents[2] / "shared" / "data" / "videos" / "_G3kw9HwCqY.000.mp4"
 TARGET_SECONDS = 3.0
@@ -93,7 +94,7 @@ def naive_align(frames: np.ndarray, detector: af.FaceDetector, cfg: af.AlignConf
         )
         if found:
             face = max(found, key=lambda f: f["box"][2] * f["box"][3])
-            points = np.array([face["keypoints"][k] for k in af.LANDMARK_NAMES], np.float64)
+            points = np.array([face["keypoints"][k] for k in LANDMARK_NAMES], np.float64)
             faces[i] = af.warp_face(frame, af.similarity_matrix(points, target), cfg.size)
     return faces
 

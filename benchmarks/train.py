@@ -133,7 +133,9 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--steps", type=int, default=3, help="timed steps per measurement")
-    parser.add_argument("--batch", type=int, default=0, help="batch of the default config (0: its train.batch_size)")
+    parser.add_argument(
+        "--batch", type=int, default=0, help="batch of the default config (0: its train.batch_size)"
+    )
     parser.add_argument("--full-batch", type=int, default=2, help="batch of the full config")
     parser.add_argument("--full", type=Path, default=REPO / "configs" / "full.yaml")
     parser.add_argument("--gpu-tflops", type=float, default=71.0, help="dense bf16 TFLOP/s (RTX 3090: 71)")

@@ -6,10 +6,11 @@ rebuilds the same objects, so inference reconstructs exactly the trained network
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, TypeVar
 
-from stages.common import LABEL_COLUMNS, TRAITS
+from model.records import LABEL_COLUMNS, TRAITS
 
 T = TypeVar("T")
 
@@ -23,34 +24,107 @@ LOSSES = ("mse", "l1", "smooth_l1")
 SCHEDULES = ("cosine", "plateau", "none")
 
 
-def _build(cls: type[T], d: dict[str, Any] | None) -> T:
-    """Instantiate a (possibly nested) dataclass from a mapping; unknown keys are an error."""
-    d = dict(d or {})
+class ConfigError(ValueError):
+    """A params value of the wrong type or out of range, or an unknown key: says which and what is allowed."""
+
+
+BOOL_WORDS = {
+    "true": True,
+    "yes": True,
+    "on": True,
+    "1": True,
+    "false": False,
+    "no": False,
+    "off": False,
+    "0": False,
+}
+
+
+def as_bool(value: Any, key: str) -> bool:
+    """The one rule for booleans: true/false, 1/0, or the words in BOOL_WORDS (any case)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in BOOL_WORDS:
+        return BOOL_WORDS[value.strip().lower()]
+    raise ConfigError(f"{key}: {value!r} is not a boolean; use true or false")
+
+
+def _coerce(default: Any, value: Any, key: str) -> Any:
+    """`value` as the type of the field's default."""
+    if isinstance(default, bool):
+        return as_bool(value, key)
+    if isinstance(default, int | float) and (isinstance(value, bool) or not isinstance(value, int | float)):
+        raise ConfigError(f"{key}: {value!r} is not a number")
+    if isinstance(default, int):
+        if float(value) != int(value):
+            raise ConfigError(f"{key}: {value!r} is not a whole number")
+        return int(value)
+    if isinstance(default, float):
+        return float(value)
+    if isinstance(default, str):
+        if value is None:
+            return ""
+        if not isinstance(value, str | int | float) or isinstance(value, bool):
+            raise ConfigError(f"{key}: {value!r} is not a string")
+        return str(value)
+    if isinstance(default, tuple):
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key}: {value!r} is not a list")
+        return tuple(value)
+    return value
+
+
+def from_section(cls: type[T], section: Mapping[str, Any] | None, name: str, ignore: Iterable[str] = ()) -> T:
+    """The dataclass `cls` from a params section (nested dataclasses from nested mappings).
+
+    Every value takes the type of its field's default, by one rule for each type; a key the class
+    does not know is an error naming it, unless it is in `ignore` (keys read elsewhere).
+    """
+    section = dict(section or {})
+    if not isinstance(section, dict):
+        raise ConfigError(f"{name}: expected a mapping, got {section!r}")
     known = {f.name: f for f in fields(cls)}  # type: ignore[arg-type]
-    unknown = set(d) - set(known)
+    unknown = sorted(set(section) - set(known) - set(ignore))
     if unknown:
-        raise KeyError(f"{cls.__name__}: unknown params {sorted(unknown)}")
+        raise ConfigError(f"{name}: unknown params {unknown}; known: {sorted(known)}")
+    defaults = cls()
     kwargs: dict[str, Any] = {}
-    for name, value in d.items():
-        default = getattr(cls(), name)  # type: ignore[call-arg]
+    for key, value in section.items():
+        if key not in known:
+            continue
+        default = getattr(defaults, key)
         if is_dataclass(default):
-            kwargs[name] = _build(type(default), value)
-        elif isinstance(default, bool):
-            kwargs[name] = bool(value)
-        elif isinstance(default, float):
-            kwargs[name] = float(value)
-        elif isinstance(default, int):
-            kwargs[name] = int(value)
-        elif isinstance(default, str):
-            kwargs[name] = "" if value is None else str(value)
+            kwargs[key] = from_section(type(default), value, f"{name}.{key}")
         else:
-            kwargs[name] = value
+            kwargs[key] = _coerce(default, value, f"{name}.{key}")
     return cls(**kwargs)
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested mapping as {"dotted.key": leaf}."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(flatten(value, dotted + "."))
+        else:
+            out[dotted] = value
+    return out
 
 
 def _check(value: str, allowed: tuple[str, ...], what: str) -> None:
     if value not in allowed:
-        raise ValueError(f"{what} must be one of {allowed}, got {value!r}")
+        raise ConfigError(f"{what}: {value!r} is not one of {allowed}")
+
+
+def _positive(cfg: Any, name: str, *keys: str, zero: bool = False) -> None:
+    """Each named field is > 0 (>= 0 with `zero`)."""
+    for key in keys:
+        value = getattr(cfg, key)
+        if value < 0 or (value == 0 and not zero):
+            raise ConfigError(f"{name}.{key}: {value!r} must be {'>= 0' if zero else '> 0'}")
 
 
 @dataclass
@@ -104,8 +178,8 @@ class ModelConfig:
     fusion: FusionConfig = field(default_factory=FusionConfig)
 
     @classmethod
-    def from_params(cls, d: dict[str, Any]) -> ModelConfig:
-        cfg = _build(cls, d)
+    def from_params(cls, d: Mapping[str, Any] | None) -> ModelConfig:
+        cfg = from_section(cls, d, "model")
         cfg.validate()
         return cfg
 
@@ -116,8 +190,18 @@ class ModelConfig:
         _check(self.dynamic.backbone, DYNAMIC_BACKBONES, "model.dynamic.backbone")
         _check(self.fusion.type, FUSION_TYPES, "model.fusion.type")
         _check(self.fusion.direction, DIRECTIONS, "model.fusion.direction")
+        _positive(self, "model", "head_hidden")
+        _positive(self.static, "model.static", "frames", "input_size")
+        _positive(self.dynamic, "model.dynamic", "input_size", "channels", "blocks")
+        _positive(self.dynamic, "model.dynamic", "frames", zero=True)
+        _positive(self.fusion, "model.fusion", "dim", "heads", "layers", "ff_mult")
+        for name, rate in (("model.dropout", self.dropout), ("model.fusion.dropout", self.fusion.dropout)):
+            if not 0.0 <= rate < 1.0:
+                raise ConfigError(f"{name}: {rate!r} must be in [0, 1)")
         if self.fusion.dim % self.fusion.heads:
-            raise ValueError("model.fusion.dim must be divisible by model.fusion.heads")
+            raise ConfigError(
+                f"model.fusion.dim: {self.fusion.dim} must be divisible by model.fusion.heads ({self.fusion.heads})"
+            )
 
     @property
     def label_columns(self) -> tuple[str, ...]:
@@ -133,11 +217,18 @@ class AugmentConfig:
     """Training-only augmentation, applied consistently to faces and flow."""
 
     flip: float = 0.5  # probability of a horizontal flip (flow x is negated)
-    reverse: float = 0.0  # probability of playing the clip backwards (flow steps reversed and negated)
-    crop: float = 0.85  # smallest relative side of the shared random crop; 1 disables
-    brightness: float = 0.1
-    contrast: float = 0.1
-    saturation: float = 0.1
+    reverse: float = 0.5  # probability of playing the clip backwards (flow steps reversed and negated)
+    crop: float = 1.0  # smallest relative side of the shared random crop; 1 disables
+    brightness: float = 0.0
+    contrast: float = 0.0
+    saturation: float = 0.0
+
+    def validate(self, name: str = "train.augment") -> None:
+        for key in ("flip", "reverse", "brightness", "contrast", "saturation"):
+            if not 0.0 <= getattr(self, key) <= 1.0:
+                raise ConfigError(f"{name}.{key}: {getattr(self, key)!r} must be in [0, 1]")
+        if not 0.0 < self.crop <= 1.0:
+            raise ConfigError(f"{name}.crop: {self.crop!r} must be in (0, 1]")
 
 
 @dataclass
@@ -158,19 +249,23 @@ class DataConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     @classmethod
-    def from_params(cls, d: dict[str, Any]) -> DataConfig:
-        """From the full params mapping (`model` and `train` sections)."""
-        model = ModelConfig.from_params(d.get("model", {}))
-        train = d.get("train", {}) or {}
+    def from_configs(cls, model: ModelConfig, train: TrainConfig) -> DataConfig:
+        """What the network of `model` needs fed, with the cache and augmentation of `train`."""
         return cls(
             static_frames=model.static.frames,
             static_size=model.static.input_size,
             flow_steps=model.dynamic.frames,
             flow_size=model.dynamic.input_size,
             label_columns=model.label_columns,
-            cache=bool(train.get("cache", True)),
-            augment=_build(AugmentConfig, train.get("augment")),
+            cache=train.cache,
+            augment=train.augment,
         )
+
+    @classmethod
+    def from_params(cls, d: Mapping[str, Any]) -> DataConfig:
+        """From the full params mapping (its `model` and `train` sections)."""
+        train = from_section(TrainConfig, d.get("train"), "train", ignore=TRAIN_PATHS)
+        return cls.from_configs(ModelConfig.from_params(d.get("model")), train)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DataConfig:
@@ -184,16 +279,21 @@ class DataConfig:
         return cls(**d)
 
 
+# Keys of the `train` section that name files: the stage reads them (stages/train.py), the
+# TrainConfig stored in every checkpoint does not hold them.
+TRAIN_PATHS = ("faces_dir", "flow_dir", "labels", "out_dir", "live_dir", "tensorboard_dir", "wandb_dir")
+
+
 @dataclass
 class TrainConfig:
-    """The optimisation (params section `train`)."""
+    """The optimisation (params section `train`, less its paths)."""
 
     seed: int = 0
     deterministic: bool = False
     device: str = "auto"  # auto | cpu | cuda
     threads: int = 0  # torch intra-op threads on CPU; 0: the number of cores
-    epochs: int = 25
-    batch_size: int = 8
+    epochs: int = 35
+    batch_size: int = 16
     workers: int = 0
     cache: bool = True
     loss: str = "mse"
@@ -204,28 +304,32 @@ class TrainConfig:
     plateau_factor: float = 0.5
     plateau_patience: int = 2
     min_lr: float = 1e-5
-    patience: int = 8  # early stopping on validation mean 1-MAE; 0 disables
+    patience: int = 0  # early stopping on validation mean 1-MAE; 0 disables
     grad_clip: float = 1.0  # max gradient norm; 0 disables
     amp: bool = True  # mixed precision, used only on CUDA
     channels_last: bool = True
     resume: bool = False
     init_from: str = ""
-    faces_dir: str = "data/faces"
-    flow_dir: str = "data/flow"
-    labels: str = "data/raw/labels.csv"
-    out_dir: str = "data/model"
-    live_dir: str = "reports/train"
     tensorboard: bool = False  # also log each epoch to TensorBoard (requirements-tracking.txt)
-    tensorboard_dir: str = "reports/tensorboard"
     wandb: bool = False  # also log each epoch to a Weights & Biases run, offline only
-    wandb_dir: str = "reports/wandb"
     wandb_project: str = "first-impressions"
     gpu_sample_seconds: float = 1.0  # NVML sampling interval for GPU utilisation and memory
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     @classmethod
-    def from_params(cls, d: dict[str, Any]) -> TrainConfig:
-        cfg = _build(cls, d)
-        _check(cfg.loss, LOSSES, "train.loss")
-        _check(cfg.schedule, SCHEDULES, "train.schedule")
+    def from_params(cls, d: Mapping[str, Any] | None) -> TrainConfig:
+        """From the `train` section; its paths (TRAIN_PATHS) are left to the stage."""
+        cfg = from_section(cls, d, "train", ignore=TRAIN_PATHS)
+        cfg.validate()
         return cfg
+
+    def validate(self) -> None:
+        _check(self.loss, LOSSES, "train.loss")
+        _check(self.schedule, SCHEDULES, "train.schedule")
+        _check(self.device.split(":")[0], ("auto", "cpu", "cuda"), "train.device")
+        _positive(self, "train", "epochs", "batch_size", "lr", "gpu_sample_seconds")
+        _positive(self, "train", "threads", "workers", "weight_decay", "warmup_epochs", zero=True)
+        _positive(self, "train", "plateau_patience", "min_lr", "patience", "grad_clip", zero=True)
+        if not 0.0 < self.plateau_factor < 1.0:
+            raise ConfigError(f"train.plateau_factor: {self.plateau_factor!r} must be in (0, 1)")
+        self.augment.validate()

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
 from model.config import AugmentConfig, DataConfig
-from stages.common import Clip, clip_file
+from model.records import Clip, ClipSource
 
 log = logging.getLogger(__name__)
 
@@ -66,23 +66,46 @@ class Batch:
         return len(self.clips)
 
 
-def load_clip_arrays(faces_path: Path, flow_path: Path, face_size: int, flow_size: int) -> ClipArrays:
-    """Read one clip's faces and flow npz files and resize them to the network's input sizes."""
-    with np.load(faces_path, allow_pickle=False) as z:
-        faces, valid = z["faces"], z["valid"].astype(bool)
-    with np.load(flow_path, allow_pickle=False) as z:
-        flow = z["flow"].astype(np.float32) * np.float32(z["scale"])
-        flow_valid = z["valid"].astype(bool)
+def clip_arrays(
+    faces: np.ndarray,
+    valid: np.ndarray,
+    flow: np.ndarray,
+    flow_scale: float,
+    flow_valid: np.ndarray,
+    face_size: int,
+    flow_size: int,
+) -> ClipArrays:
+    """One clip's stored arrays (uint8 faces, int8 flow with its scale) at the network's input sizes."""
+    flow = flow.astype(np.float32) * np.float32(flow_scale)
     if faces.ndim != 4 or faces.shape[0] < 1 or flow.ndim != 4 or flow.shape[0] < 1:
         raise ValueError(f"bad shapes: faces {faces.shape}, flow {flow.shape}")
     if faces.shape[1] != face_size:
         faces = np.stack([cv2.resize(f, (face_size, face_size), interpolation=cv2.INTER_AREA) for f in faces])
-    flow = flow * flow_valid[:, None, None, None]
+    flow = flow * flow_valid.astype(bool)[:, None, None, None]
     if flow.shape[1] != flow_size:
         factor = flow_size / flow.shape[1]
         flow = np.stack([cv2.resize(f, (flow_size, flow_size), interpolation=cv2.INTER_AREA) for f in flow])
         flow = flow * np.float32(factor)
-    return ClipArrays(np.ascontiguousarray(faces), valid, flow.astype(np.float32))
+    return ClipArrays(np.ascontiguousarray(faces), valid.astype(bool), flow.astype(np.float32))
+
+
+def load_clip_arrays(faces_path: Path, flow_path: Path, face_size: int, flow_size: int) -> ClipArrays:
+    """Read one clip's faces and flow npz files and bring them to the network's input sizes."""
+    with np.load(faces_path, allow_pickle=False) as z:
+        faces, valid = z["faces"], z["valid"]
+    with np.load(flow_path, allow_pickle=False) as z:
+        flow, scale, flow_valid = z["flow"], z["scale"], z["valid"]
+    return clip_arrays(faces, valid, flow, scale, flow_valid, face_size, flow_size)
+
+
+def make_sample(arrays: ClipArrays, cfg: DataConfig, train: bool, target: np.ndarray, name: str) -> Sample:
+    """What the network sees of one clip: K face frames and a flow window, sampled at random for
+    training and deterministically otherwise. The dataset and predict both build items here."""
+    idx = frame_indices(arrays.valid, cfg.static_frames, random=train)
+    faces = torch.from_numpy(arrays.faces[idx]).permute(0, 3, 1, 2)  # (K, 3, S, S) uint8
+    window = flow_window(arrays.flow.shape[0], cfg.flow_steps, random=train)
+    flow = torch.from_numpy(arrays.flow[window]).permute(0, 3, 1, 2)  # (T, 2, F, F)
+    return Sample(faces, flow.contiguous(), torch.as_tensor(target, dtype=torch.float32), name)
 
 
 def frame_indices(valid: np.ndarray, k: int, random: bool) -> np.ndarray:
@@ -162,43 +185,36 @@ class ClipDataset(Dataset):
     """Faces and flow of the given clips with their labels; caches decoded clips when cfg.cache."""
 
     def __init__(
-        self,
-        root_faces: Path,
-        root_flow: Path,
-        clips: list[Clip],
-        labels: pd.DataFrame | None,
-        cfg: DataConfig,
-        train: bool,
+        self, sources: list[ClipSource], labels: pd.DataFrame | None, cfg: DataConfig, train: bool
     ) -> None:
-        self.root_faces, self.root_flow = Path(root_faces), Path(root_flow)
-        self.clips = list(clips)
+        self.sources = list(sources)
         self.cfg = cfg
         self.train = train
         self.targets = self._targets(labels)
         self.cache: dict[str, ClipArrays] = {}
 
+    @property
+    def clips(self) -> list[Clip]:
+        return [s.clip for s in self.sources]
+
     def _targets(self, labels: pd.DataFrame | None) -> np.ndarray:
         cols = list(self.cfg.label_columns)
         if labels is None:
-            return np.full((len(self.clips), len(cols)), np.nan, np.float32)
+            return np.full((len(self.sources), len(cols)), np.nan, np.float32)
         table = labels.drop_duplicates("clip").set_index("clip")
-        return table.reindex([c.name for c in self.clips])[cols].to_numpy(np.float32)
+        return table.reindex([s.clip.name for s in self.sources])[cols].to_numpy(np.float32)
 
     def __len__(self) -> int:
-        return len(self.clips)
+        return len(self.sources)
 
     def arrays(self, i: int) -> ClipArrays:
-        clip = self.clips[i]
-        if clip.name in self.cache:
-            return self.cache[clip.name]
-        arrays = load_clip_arrays(
-            clip_file(self.root_faces, clip),
-            clip_file(self.root_flow, clip),
-            self.cfg.static_size,
-            self.cfg.flow_size,
-        )
+        source = self.sources[i]
+        name = source.clip.name
+        if name in self.cache:
+            return self.cache[name]
+        arrays = load_clip_arrays(source.faces, source.flow, self.cfg.static_size, self.cfg.flow_size)
         if self.cfg.cache:
-            self.cache[clip.name] = arrays
+            self.cache[name] = arrays
         return arrays
 
     def preload(self) -> dict[str, str]:
@@ -208,25 +224,29 @@ class ClipDataset(Dataset):
         """
         dropped: dict[str, str] = {}
         keep = []
-        for i, clip in enumerate(tqdm(self.clips, desc="load clips", unit="clip", mininterval=1.0)):
+        for i, source in enumerate(tqdm(self.sources, desc="load clips", unit="clip", mininterval=1.0)):
             try:
                 self.arrays(i)
             except Exception as exc:  # noqa: BLE001 - one bad clip must not end the run
+                clip = source.clip
                 dropped[clip.name] = f"{type(exc).__name__}: {exc}"
                 log.warning("dropped %s/%s: %s", clip.split, clip.name, dropped[clip.name])
                 continue
             keep.append(i)
-        self.clips = [self.clips[i] for i in keep]
+        self.sources = [self.sources[i] for i in keep]
         self.targets = self.targets[keep]
         return dropped
 
+    def subset(self, names: list[str]) -> ClipDataset:
+        """A dataset over some of this one's clips, in the given order, sharing its decoded arrays."""
+        index = {s.clip.name: i for i, s in enumerate(self.sources)}
+        part = ClipDataset([self.sources[index[n]] for n in names], None, self.cfg, self.train)
+        part.targets = self.targets[[index[n] for n in names]] if names else part.targets
+        part.cache = {n: self.cache[n] for n in names if n in self.cache}
+        return part
+
     def __getitem__(self, i: int) -> Sample:
-        a = self.arrays(i)
-        idx = frame_indices(a.valid, self.cfg.static_frames, random=self.train)
-        faces = torch.from_numpy(a.faces[idx]).permute(0, 3, 1, 2)  # (K, 3, S, S) uint8
-        window = flow_window(a.flow.shape[0], self.cfg.flow_steps, random=self.train)
-        flow = torch.from_numpy(a.flow[window]).permute(0, 3, 1, 2)  # (T, 2, F, F)
-        return Sample(faces, flow.contiguous(), torch.tensor(self.targets[i]), self.clips[i].name)
+        return make_sample(self.arrays(i), self.cfg, self.train, self.targets[i], self.sources[i].clip.name)
 
 
 def collate(batch: list[Sample], cfg: DataConfig | None = None, train: bool = False) -> Batch:

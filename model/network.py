@@ -43,6 +43,34 @@ class ModelOutput:
     dynamic_mask: Tensor | None  # [B, Ld] bool, True = token from real flow steps
 
 
+@dataclass
+class FlowTokens:
+    """The dynamic stream's output: tokens, which of them come from real flow steps, and their grid."""
+
+    tokens: Tensor  # (B, Ld, D)
+    mask: Tensor  # (B, Ld) bool
+    grid: tuple[int, int, int]  # (T', h, w), T' of the longest clip in the batch
+
+    def expand(self, n: int) -> FlowTokens:
+        """One clip's tokens repeated for a batch of n variants of that clip."""
+        return FlowTokens(self.tokens.expand(n, *self.tokens.shape[1:]), self.mask.expand(n, -1), self.grid)
+
+
+@dataclass
+class Encoded:
+    """Both streams' tokens before fusion (None for a stream the model does not use)."""
+
+    static: Tensor | None  # (B, Ls, D)
+    dynamic: FlowTokens | None
+
+    def expand(self, n: int) -> Encoded:
+        """One clip's encoding repeated for a batch of n variants of that clip."""
+        return Encoded(
+            None if self.static is None else self.static.expand(n, *self.static.shape[1:]),
+            None if self.dynamic is None else self.dynamic.expand(n),
+        )
+
+
 # ---------------------------------------------------------------- static stream
 
 
@@ -258,15 +286,23 @@ class CrossAttentionLayer(nn.Module):
         )
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, q: Tensor, kv: Tensor, kv_mask: Tensor | None) -> tuple[Tensor, Tensor]:
+    def forward(
+        self, q: Tensor, kv: Tensor, kv_mask: Tensor | None, need_weights: bool = False
+    ) -> tuple[Tensor, Tensor | None]:
+        """The updated queries, and the attention weights (B, heads, Lq, Lk) when `need_weights`."""
         kvn = self.norm_kv(kv)
         pad = None if kv_mask is None else ~kv_mask
         a, weights = self.attn(
-            self.norm_q(q), kvn, kvn, key_padding_mask=pad, need_weights=True, average_attn_weights=False
+            self.norm_q(q),
+            kvn,
+            kvn,
+            key_padding_mask=pad,
+            need_weights=need_weights,
+            average_attn_weights=False,
         )
         x = q + self.drop(a) if self.residual else a
         f = self.drop(self.ff(self.norm_ff(x)))
-        return (x + f if self.residual else f), weights  # weights: (B, heads, Lq, Lk)
+        return (x + f if self.residual else f), weights
 
 
 class CrossAttentionFusion(nn.Module):
@@ -284,14 +320,21 @@ class CrossAttentionFusion(nn.Module):
         )
         self.layers = cfg.layers
 
-    def forward(self, s: Tensor, d: Tensor, d_mask: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+    def forward(
+        self, s: Tensor, d: Tensor, d_mask: Tensor, need_weights: bool = False
+    ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """Both token sets after fusion, and the last layer's weights per direction when asked."""
         attention: dict[str, Tensor] = {}
         for i in range(self.layers):
             s_new, d_new = s, d
             if self.s2d:
-                s_new, attention["static_to_dynamic"] = self.static_layers[i](s, d, d_mask)
+                s_new, w = self.static_layers[i](s, d, d_mask, need_weights)
+                if w is not None:
+                    attention["static_to_dynamic"] = w
             if self.d2s:
-                d_new, attention["dynamic_to_static"] = self.dynamic_layers[i](d, s, None)
+                d_new, w = self.dynamic_layers[i](d, s, None, need_weights)
+                if w is not None:
+                    attention["dynamic_to_static"] = w
             s, d = s_new, d_new
         return s, d, attention
 
@@ -338,6 +381,46 @@ class DualStreamNet(nn.Module):
         p = torch.as_tensor(mean, dtype=torch.float32).clamp(1e-3, 1 - 1e-3)
         self.head[-1].bias.copy_(torch.logit(p).to(self.head[-1].bias))
 
+    def encode_static(self, faces: Tensor | None) -> Tensor | None:
+        """Face tokens (B, Ls, D) on the grid `static.grid`; None without the static stream."""
+        return None if self.static is None else self.static(faces)
+
+    def encode_dynamic(self, flow: Tensor | None, flow_mask: Tensor | None) -> FlowTokens | None:
+        """Flow tokens (B, Ld, D), their validity (B, Ld) and grid; None without the dynamic stream."""
+        if self.dynamic is None:
+            return None
+        return FlowTokens(*self.dynamic(flow, flow_mask))
+
+    def encode(self, faces: Tensor | None, flow: Tensor | None, flow_mask: Tensor | None) -> Encoded:
+        """Both streams' tokens, before fusion."""
+        return Encoded(self.encode_static(faces), self.encode_dynamic(flow, flow_mask))
+
+    def fuse(self, enc: Encoded, return_attention: bool = False) -> ModelOutput:
+        """Fusion and the head on given tokens: analyses vary one stream's tokens and reuse the other's.
+
+        The attention weights are computed only with `return_attention` (cross-attention fusion).
+        """
+        s = enc.static
+        d, d_mask = (None, None) if enc.dynamic is None else (enc.dynamic.tokens, enc.dynamic.mask)
+        attention = None
+        if self.fusion is not None:
+            s, d, attention = self.fusion(s, d, d_mask, need_weights=True)
+        s_emb = None if s is None else masked_mean(s, None)
+        d_emb = None if d is None else masked_mean(d, d_mask)
+        if s_emb is not None and d_emb is not None:
+            z = s_emb + d_emb if self.cfg.fusion.type == "add" else torch.cat([s_emb, d_emb], dim=1)
+        else:
+            z = s_emb if s_emb is not None else d_emb
+        return ModelOutput(
+            pred=torch.sigmoid(self.head(z)),
+            attention=attention if return_attention else None,
+            static_emb=s_emb,
+            dynamic_emb=d_emb,
+            static_grid=None if self.static is None else self.static.grid,
+            dynamic_grid=None if enc.dynamic is None else enc.dynamic.grid,
+            dynamic_mask=d_mask,
+        )
+
     def forward(
         self,
         faces: Tensor | None,
@@ -345,32 +428,7 @@ class DualStreamNet(nn.Module):
         flow_mask: Tensor | None,
         return_attention: bool = False,
     ) -> ModelOutput:
-        s = d = d_mask = None
-        static_grid = dynamic_grid = None
-        if self.static is not None:
-            s = self.static(faces)  # (B, Ls, D)
-            static_grid = self.static.grid
-        if self.dynamic is not None:
-            d, d_mask, dynamic_grid = self.dynamic(flow, flow_mask)  # (B, Ld, D), (B, Ld)
-        attention = None
-        if self.fusion is not None:
-            s, d, attention = self.fusion(s, d, d_mask)
-        s_emb = None if s is None else masked_mean(s, None)
-        d_emb = None if d is None else masked_mean(d, d_mask)
-        if s_emb is not None and d_emb is not None:
-            z = s_emb + d_emb if self.cfg.fusion.type == "add" else torch.cat([s_emb, d_emb], dim=1)
-        else:
-            z = s_emb if s_emb is not None else d_emb
-        pred = torch.sigmoid(self.head(z))
-        return ModelOutput(
-            pred=pred,
-            attention=attention if return_attention else None,
-            static_emb=s_emb,
-            dynamic_emb=d_emb,
-            static_grid=static_grid,
-            dynamic_grid=dynamic_grid,
-            dynamic_mask=d_mask,
-        )
+        return self.fuse(self.encode(faces, flow, flow_mask), return_attention)
 
 
 def build_model(cfg: ModelConfig) -> DualStreamNet:

@@ -145,19 +145,28 @@ def require_packages(cfg: TrainConfig) -> None:
             )
 
 
-def open_tracker(cfg: TrainConfig, params: dict[str, Any]) -> Tracker:
-    """dvclive in cfg.live_dir, plus TensorBoard and W&B (offline) as cfg asks; `params` are logged flat."""
+@dataclass(frozen=True)
+class TrackingDirs:
+    """Where each tracker writes: dvclive's folder, and TensorBoard's and W&B's when they are on."""
+
+    live: str = "reports/train"
+    tensorboard: str = "reports/tensorboard"
+    wandb: str = "reports/wandb"
+
+
+def open_tracker(cfg: TrainConfig, dirs: TrackingDirs, params: dict[str, Any]) -> Tracker:
+    """dvclive in dirs.live, plus TensorBoard and W&B (offline) as cfg asks; `params` are logged flat."""
     from dvclive import Live
 
     require_packages(cfg)
-    live = Live(cfg.live_dir, resume=False, save_dvc_exp=False, dvcyaml=None)
+    live = Live(dirs.live, resume=False, save_dvc_exp=False, dvcyaml=None)
     live.log_params(params)
     tracker = Tracker([LiveSink(live)])
     try:
         if cfg.tensorboard:
-            tracker.sinks.append(TensorBoardSink(cfg.tensorboard_dir))
+            tracker.sinks.append(TensorBoardSink(dirs.tensorboard))
         if cfg.wandb:
-            tracker.sinks.append(WandbSink(cfg.wandb_dir, cfg.wandb_project, params))
+            tracker.sinks.append(WandbSink(dirs.wandb, cfg.wandb_project, params))
     except BaseException:
         tracker.close()
         raise

@@ -1,4 +1,4 @@
-"""Training of the dual-stream network: epochs, validation, early stopping, checkpoints, prediction.
+"""Training of the dual-stream network: epochs, validation, early stopping, checkpoints.
 
 Checkpoints (`best.pt`, `last.pt`) hold the model, optimizer, scheduler and scaler states, the
 epoch to run next, the best validation score, the history, and every config that made them
@@ -25,10 +25,11 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from model import distributed, metrics, tracking
+from model.atomic import atomic_path
 from model.config import DataConfig, ModelConfig, TrainConfig
 from model.distributed import DistContext
+from model.inference import predict
 from model.network import DualStreamNet, build_model
-from stages.common import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -69,18 +70,6 @@ class TrainResult:
     epochs_run: int  # epochs completed in total (including those before a resume)
     stopped_early: bool
     history: list[dict[str, float]]
-
-
-@dataclass
-class ClipDump:
-    """One clip's attention (cropped to its real tokens) and pooled embeddings, for plots."""
-
-    clip: str
-    attention: dict[str, np.ndarray]  # as ModelOutput.attention, per clip: [heads, Lq, Lk]
-    static_emb: np.ndarray | None
-    dynamic_emb: np.ndarray | None
-    static_grid: tuple[int, int, int] | None
-    dynamic_grid: tuple[int, int, int] | None  # (T', h, w) of this clip's real tokens
 
 
 # ---------------------------------------------------------------- setup
@@ -173,56 +162,6 @@ def train_one_epoch(
         n += len(batch)
     seconds = time.perf_counter() - start
     return {"loss": total / max(1, n), "clips_per_second": n / max(seconds, 1e-9), "seconds": seconds}
-
-
-@torch.no_grad()
-def predict(
-    model: DualStreamNet, loader: DataLoader, device: torch.device | str, dumps: bool = False
-) -> tuple[list[str], np.ndarray, list[ClipDump] | None]:
-    """Predictions [N, n_outputs] for every clip of the loader, in loader order.
-
-    With `dumps`, also each clip's attention weights (last fusion layer, cropped to its real
-    tokens) and pooled embeddings.
-    """
-    device = torch.device(device)
-    model.eval()
-    clips: list[str] = []
-    preds: list[np.ndarray] = []
-    out_dumps: list[ClipDump] | None = [] if dumps else None
-    for batch in loader:
-        batch = batch.to(device)
-        out = model(batch.faces, batch.flow, batch.flow_mask, return_attention=dumps)
-        clips.extend(batch.clips)
-        preds.append(out.pred.float().cpu().numpy())
-        if out_dumps is not None:
-            out_dumps.extend(_clip_dumps(out, batch.clips))
-    n_out = model.cfg.n_outputs
-    return clips, (np.concatenate(preds) if preds else np.zeros((0, n_out), np.float32)), out_dumps
-
-
-def _clip_dumps(out: Any, clips: list[str]) -> list[ClipDump]:
-    result = []
-    for i, clip in enumerate(clips):
-        n_real = grid = None
-        if out.dynamic_mask is not None:
-            n_real = int(out.dynamic_mask[i].sum())
-            _, h, w = out.dynamic_grid
-            grid = (n_real // (h * w), h, w)
-        attention = {}
-        for key, weights in (out.attention or {}).items():
-            a = weights[i].float().cpu().numpy()
-            attention[key] = a[:, :, :n_real] if key == "static_to_dynamic" else a[:, :n_real, :]
-        result.append(
-            ClipDump(
-                clip=clip,
-                attention=attention,
-                static_emb=None if out.static_emb is None else out.static_emb[i].float().cpu().numpy(),
-                dynamic_emb=None if out.dynamic_emb is None else out.dynamic_emb[i].float().cpu().numpy(),
-                static_grid=out.static_grid,
-                dynamic_grid=grid,
-            )
-        )
-    return result
 
 
 def validation_scores(
@@ -376,7 +315,7 @@ def train(
             )
             val: dict[str, float] = {"loss": math.nan, "1-mae/mean": math.nan}
             if ctx.is_main:
-                _, preds, _ = predict(model, val_loader, device)
+                preds = predict(model, val_loader, device).pred
                 val = validation_scores(preds, val_targets, columns, loss_fn)
             score = distributed.broadcast_float(val["1-mae/mean"], ctx)
             if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):

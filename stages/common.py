@@ -15,13 +15,11 @@ import logging
 import os
 import shutil
 import sys
-import tempfile
 import time
 import zlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -30,9 +28,9 @@ import pandas as pd
 import yaml
 from tqdm import tqdm
 
-TRAITS = ("openness", "conscientiousness", "extraversion", "agreeableness", "neuroticism")
-LABEL_COLUMNS = (*TRAITS, "interview")
-SPLITS = ("train", "val", "test")
+from model.atomic import TMP_MARK, atomic_path
+from model.config import from_section
+from model.records import SPLITS, Clip, ClipSource
 
 RAW_DIR = Path("data/raw")
 LABELS_CSV = RAW_DIR / "labels.csv"
@@ -41,6 +39,7 @@ REPORTS_DIR = Path("reports")
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+S = TypeVar("S")
 
 
 # ---------------------------------------------------------------- params and logging
@@ -55,30 +54,6 @@ def load_params(section: str | None = None, path: str | Path = "params.yaml") ->
     if section not in params:
         raise KeyError(f"params file {path} has no section {section!r}")
     return params[section]
-
-
-def section_config(cls: type[T], section: dict[str, Any] | None, name: str, strict: bool = True) -> T:
-    """The dataclass `cls` from a params section; each value takes the type of the field's default.
-
-    strict: a key the class does not know is an error, so a typo never passes silently; otherwise
-    such keys (workers, paths read elsewhere) are ignored.
-    """
-    known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
-    section = dict(section or {})
-    unknown = sorted(set(section) - known)
-    if unknown and strict:
-        raise KeyError(f"{name}: unknown params {unknown}")
-    defaults = cls()
-    return cls(**{k: _like(getattr(defaults, k), v) for k, v in section.items() if k in known})
-
-
-def _like(default: Any, value: Any) -> Any:
-    if isinstance(default, bool) and isinstance(value, str):  # bool("false") is True
-        word = value.strip().lower()
-        if word not in ("true", "false", "1", "0", "yes", "no"):
-            raise ValueError(f"not a boolean: {value!r}")
-        return word in ("true", "1", "yes")
-    return type(default)(value) if isinstance(default, bool | int | float | str) else value
 
 
 def setup_logging(stage: str, log_dir: str | Path = REPORTS_DIR / "logs") -> logging.Logger:
@@ -106,28 +81,6 @@ def resolve_workers(workers: int) -> int:
 
 
 # ---------------------------------------------------------------- atomic writes
-
-TMP_MARK = ".partial"
-
-
-@contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=TMP_MARK + path.suffix, dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; outputs get the usual permissions
-    try:
-        yield tmp
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def save_npz(path: str | Path, compress: bool = False, **arrays: Any) -> None:
@@ -193,17 +146,6 @@ def stored_key(npz_path: str | Path) -> str | None:
 # ---------------------------------------------------------------- the clip index
 
 
-@dataclass(frozen=True)
-class Clip:
-    """One clip of the dataset: its official name (without .mp4) and split."""
-
-    name: str
-    split: str
-
-    def path(self, root: str | Path, suffix: str = ".npz") -> Path:
-        return Path(root) / self.split / f"{self.name}{suffix}"
-
-
 def read_labels(path: str | Path = LABELS_CSV) -> pd.DataFrame:
     """labels.csv as a frame; `clip` stays a string even for names that look numeric."""
     return pd.read_csv(path, dtype={"clip": str, "split": str})
@@ -231,27 +173,45 @@ class ClipResult:
     digest: str = ""
 
 
+class _Worker:
+    """The state of the running process's clips: what run_clips hands every call of `work`.
+
+    One slot per process, filled by the pool's initializer (or directly when run serially), so a
+    worker builds its expensive objects (a face detector, a flow estimator) once, not per clip.
+    """
+
+    state: Any = None
+
+    @classmethod
+    def set(cls, state: Any) -> None:
+        cls.state = state
+
+
+def worker_state() -> Any:
+    """The state run_clips handed this process's clips (None outside a run)."""
+    return _Worker.state
+
+
 def run_clips(
-    work: Callable[[Clip], ClipResult],
+    work: Callable[[Clip, S], ClipResult],
     clips: Iterable[Clip],
     workers: int,
     desc: str,
-    initializer: Callable[..., None] | None = None,
-    initargs: tuple = (),
+    state: S = None,
 ) -> list[ClipResult]:
-    """Map `work` over the clips with a process pool and a progress bar.
+    """Map `work(clip, state)` over the clips with a process pool and a progress bar.
 
-    `work` must be a module-level function; an exception in it skips that clip only.
+    `work` must be a module-level function and `state` picklable: each worker process gets its
+    own copy, which may build what it needs lazily. An exception in `work` skips that clip only.
     """
     clips = list(clips)
     results: list[ClipResult] = []
     if workers <= 1 or len(clips) <= 1:
-        if initializer is not None:
-            initializer(*initargs)
+        _Worker.set(state)
         for clip in tqdm(clips, desc=desc, unit="clip", mininterval=1.0):
             results.append(_guarded(work, clip))
         return results
-    with ProcessPoolExecutor(max_workers=workers, initializer=initializer, initargs=initargs) as pool:
+    with ProcessPoolExecutor(max_workers=workers, initializer=_Worker.set, initargs=(state,)) as pool:
         futures = {pool.submit(_guarded, work, clip): clip for clip in clips}
         for future in tqdm(
             as_completed(futures), total=len(futures), desc=desc, unit="clip", mininterval=1.0
@@ -262,9 +222,9 @@ def run_clips(
     return results
 
 
-def _guarded(work: Callable[[Clip], ClipResult], clip: Clip) -> ClipResult:
+def _guarded(work: Callable[[Clip, Any], ClipResult], clip: Clip) -> ClipResult:
     try:
-        return work(clip)
+        return work(clip, _Worker.state)
     except SkipClip as exc:
         reason = str(exc)
     except Exception as exc:  # noqa: BLE001 - one bad clip must never end the run
@@ -351,7 +311,7 @@ class Shards:
         ids = tuple(int(i) for i in ids)
         if ids != tuple(range(len(ids))) or not ids:
             raise ValueError(f"shards.ids must be 0..N-1 in order, got {list(ids)}")
-        return section_config(cls, {"ids": ids, **section}, "shards")
+        return from_section(cls, {"ids": ids, **section}, "shards")
 
 
 def shard_root(root: str | Path, shard: int) -> Path:
@@ -390,6 +350,22 @@ def clip_file(root: str | Path, clip: Clip, suffix: str = ".npz") -> Path:
         if path.exists():
             return path
     return clip.path(root, suffix)
+
+
+def clip_sources(
+    clips: Iterable[Clip], faces_dir: str | Path, flow_dir: str | Path
+) -> tuple[list[ClipSource], dict[str, str]]:
+    """Where each clip's faces and flow files lie, for the clips that have both; the others with
+    the reason."""
+    keep, missing = [], {}
+    for clip in clips:
+        faces, flow = clip_file(faces_dir, clip), clip_file(flow_dir, clip)
+        absent = [what for what, path in (("faces", faces), ("flow", flow)) if not path.exists()]
+        if absent:
+            missing[clip.name] = f"no {' and '.join(absent)} file"
+        else:
+            keep.append(ClipSource(clip, faces, flow))
+    return keep, missing
 
 
 def remove_stale_shards(root: str | Path, shards: int) -> int:
@@ -443,8 +419,8 @@ def start_shard(stage: str, out_dir: str | Path, report: str | Path, argv: list[
 
 
 def write_shard_report(run: ShardRun, report: dict[str, Any], results: list[ClipResult]) -> None:
-    """The shard's report with its seconds and every clip's result, from which stages.shards merges the
-    stage's report."""
+    """The shard's report with its seconds and every clip's result, from which stages.data_reports
+    merges the stage's report."""
     extra = {
         "seconds": round(time.perf_counter() - run.started, 2),
         "shard": run.shard,
@@ -452,3 +428,37 @@ def write_shard_report(run: ShardRun, report: dict[str, Any], results: list[Clip
         "results": [result_dict(r) for r in results],
     }
     write_json(run.report, report | extra)
+
+
+def run_shard_stage(
+    stage: str,
+    section: str,
+    work: Callable[[Clip, S], ClipResult],
+    job: Callable[[dict[str, Any], ShardRun, int], S],
+    stage_report: Callable[[list[ClipResult], dict[str, Any]], dict[str, Any]],
+    argv: list[str] | None,
+) -> dict[str, Any]:
+    """One shard of a per-clip stage from start to end: read the params section, prepare the shard
+    (start_shard), map `work` over its clips with the state `job(params, run, workers)` builds, and
+    write the shard's report. Returns the report."""
+    params = load_params(section)
+    run = start_shard(stage, params["out_dir"], params["report"], argv)
+    logger = logging.getLogger(f"stages.{run.log_name}")
+    workers = resolve_workers(params["workers"])
+    logger.info("%d clips, %d workers", len(run.clips), workers)
+    state = job(params, run, workers)
+    results = run_clips(work, run.clips, workers, f"{stage.replace('_', '-')}@{run.shard}", state)
+    report = stage_report(results, params)
+    write_shard_report(run, report, results)
+    logger.info("%s: %d ok, %d skipped (report %s)", section, report["ok"], report["skipped"], run.report)
+    return report
+
+
+def discard_on_failure(out: Path, make: Callable[[], ClipResult]) -> ClipResult:
+    """`make()`'s result; when it raises, the clip's output goes too, so that nothing stale outlives
+    a clip that can no longer be made."""
+    try:
+        return make()
+    except Exception:
+        out.unlink(missing_ok=True)
+        raise

@@ -28,8 +28,10 @@ import pandas as pd
 import yaml
 
 from model import metrics
-from stages.common import TRAITS, atomic_path, load_params, setup_logging, write_json
-from stages.tables import write_table
+from model.atomic import atomic_path
+from model.records import TRAITS
+from stages.common import load_params, setup_logging, write_json
+from stages.report.tables import write_table
 
 log = logging.getLogger(__name__)
 

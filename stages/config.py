@@ -9,22 +9,14 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
 from ruamel.yaml import YAML
 
-
-def flatten(tree: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
-    """Yield (dotted.key, leaf) pairs of a nested mapping."""
-    for key, value in tree.items():
-        dotted = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            yield from flatten(value, dotted + ".")
-        else:
-            yield dotted, value
+from model.config import flatten
 
 
 def apply_overrides(params_path: Path, overrides: Mapping[str, Any]) -> list[str]:
@@ -34,7 +26,7 @@ def apply_overrides(params_path: Path, overrides: Mapping[str, Any]) -> list[str
     with open(params_path, encoding="utf-8") as f:
         params = rt.load(f)
     changed = []
-    for dotted, value in flatten(overrides):
+    for dotted, value in flatten(overrides).items():
         node = params
         *parents, leaf = dotted.split(".")
         for part in parents:
@@ -54,7 +46,7 @@ def apply_overrides(params_path: Path, overrides: Mapping[str, Any]) -> list[str
 def set_args(overrides: Mapping[str, Any]) -> str:
     """The `-S key=value` flags of `dvc exp run` that apply the overrides as one experiment."""
     return " ".join(
-        f"-S {shlex.quote(f'{k}={yaml.safe_dump(v).splitlines()[0]}')}" for k, v in flatten(overrides)
+        f"-S {shlex.quote(f'{k}={yaml.safe_dump(v).splitlines()[0]}')}" for k, v in flatten(overrides).items()
     )
 
 

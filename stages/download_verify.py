@@ -6,12 +6,10 @@ label; clips that fail are reported in reports/data/download.json and left out o
 
 from __future__ import annotations
 
-import importlib
 import logging
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field, fields
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -19,20 +17,18 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from stages.chalearn import EXPECTED_COUNTS, Problem, prepare_chalearn
+from model.atomic import atomic_path
+from model.records import LABEL_COLUMNS, SPLITS, Clip
 from stages.common import (
-    LABEL_COLUMNS,
-    SPLITS,
-    Clip,
     ClipResult,
     SkipClip,
-    atomic_path,
     load_params,
     resolve_workers,
     run_clips,
     setup_logging,
     write_json,
 )
+from stages.sources.chalearn import EXPECTED_COUNTS, Problem, prepare_chalearn
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +124,7 @@ def verify_dataset(
     problems += [Problem(c.name, c.split, "labelled clip has no video") for c in labelled if c not in videos]
     labelled_set = set(labelled)
     problems += [Problem(c.name, c.split, "video has no label") for c in videos if c not in labelled_set]
-    results = run_clips(partial(_probe_clip, videos_dir=videos_dir), present, workers, "probe videos")
+    results = run_clips(_probe_clip, present, workers, "probe videos", videos_dir)
     infos = {r.clip: VideoInfo(**r.stats) for r in results if r.status != "skipped"}
     problems += [
         Problem(r.clip, r.split, f"unreadable video: {r.reason}") for r in results if r.status == "skipped"
@@ -190,9 +186,10 @@ def video_summary(videos: dict[str, VideoInfo]) -> dict[str, Any]:
 
 
 def generate_synthetic(cfg: dict[str, Any], seed: int, raw_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Run the synthetic generator (stages.synthetic), which writes raw_dir/videos/<split>/*.mp4."""
-    generator = importlib.import_module("stages.synthetic")
-    return generator.generate_dataset(cfg, seed, raw_dir)
+    """Run the synthetic generator (stages.sources.synthetic), which writes raw_dir/videos/<split>/*.mp4."""
+    from stages.sources.synthetic import generate_dataset  # skimage and the renderer: synthetic data only
+
+    return generate_dataset(cfg, seed, raw_dir)
 
 
 def synthetic_counts(cfg: dict[str, Any]) -> dict[str, int]:

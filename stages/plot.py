@@ -7,37 +7,28 @@ with the reason recorded in reports/plot.json and in the report, and never ends 
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
-import yaml
 
-from model.data import collate, make_loader
-from model.training import load_checkpoint
-from stages import attention_maps as am
-from stages import compare, feature_views, figures, importance, tables
+from model.atomic import atomic_path
+from model.config import from_section
+from stages import compare
 from stages.common import (
-    TRAITS,
-    Clip,
-    atomic_path,
-    clip_file,
     load_params,
-    read_labels,
-    resolve_workers,
-    section_config,
     setup_logging,
     write_json,
 )
-from stages.evaluate import EvalConfig, split_dataset
+from stages.report import attention_maps as am
+from stages.report import feature_views, figures, tables
+from stages.report.document import Context, Missing, load_npz, need, read_json, render_report, write_text
 
 log = logging.getLogger(__name__)
 
@@ -53,29 +44,20 @@ class PlotConfig:
     train_report: str = "reports/train/summary.json"
     attention: str = "reports/attention/test.npz"
     embeddings: str = "reports/embeddings/test.npz"
-    checkpoint: str = "data/model/best.pt"
-    faces_dir: str = "data/faces"
-    flow_dir: str = "data/flow"
-    labels: str = "data/raw/labels.csv"
     data_reports: str = "reports/data"
     figures_dir: str = "reports/figures"
     tables_dir: str = "reports/tables"
     attention_mass: str = "reports/attention_mass.json"
-    importance: str = "reports/importance.json"
+    importance: str = "reports/importance.json"  # analyze's
+    samples: str = "reports/analysis/samples.npz"  # analyze's
     ablations_dir: str = "reports/ablations"
     report_md: str = "reports/report.md"
     report: str = "reports/plot.json"
     full_variant: str = "full"
     dpi: int = 150
     attention_clips: int = 4
-    flow_clips: int = 3
-    flow_steps: int = 6
     tsne_min_clips: int = 20
     tsne_perplexity: float = 15.0
-    model_analyses: bool = True
-    occlusion_clips: int = 4
-    occlusion_cells: int = 7
-    batch_size: int = 16
     n_resamples: int = 1000
     confidence: float = 0.95
     alpha: float = 0.05
@@ -83,50 +65,7 @@ class PlotConfig:
 
     @classmethod
     def from_params(cls, d: dict[str, Any]) -> PlotConfig:
-        return section_config(cls, d, "plot")
-
-
-@dataclass
-class Context:
-    """What the sections share: configs, the run's params and what has been made so far."""
-
-    cfg: PlotConfig
-    params: dict[str, Any]
-    boxes: dict[str, list]
-    synthetic: bool
-    figures: dict[str, str]  # name -> caption
-    tables: dict[str, str]  # name -> caption
-    status: dict[str, str]  # section -> "done" | reason skipped
-    summaries: dict[str, Any]
-    external_tables: dict[str, Path] = field(default_factory=dict)  # made outside the stage
-
-    def figure(self, fig: Any, name: str, caption: str) -> None:
-        figures.save_figure(fig, self.cfg.figures_dir, name)
-        self.figures[name] = caption
-
-    def table(self, frame: pd.DataFrame, name: str, caption: str) -> None:
-        tables.write_table(frame, self.cfg.tables_dir, name, caption)
-        self.tables[name] = caption
-
-
-class Missing(Exception):
-    """An input of a section is absent: the section is skipped with this reason."""
-
-
-def need(path: str | Path) -> Path:
-    path = Path(path)
-    if not path.exists():
-        raise Missing(f"{path} is absent")
-    return path
-
-
-def read_json(path: str | Path) -> dict[str, Any]:
-    return json.loads(need(path).read_text())
-
-
-def load_npz(path: str | Path) -> dict[str, np.ndarray]:
-    with np.load(need(path), allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
+        return from_section(cls, d, "plot")
 
 
 # ---------------------------------------------------------------- sections
@@ -238,80 +177,41 @@ def embeddings_section(ctx: Context) -> None:
 
 
 def flow_section(ctx: Context) -> None:
-    labels = read_labels(need(ctx.cfg.labels))
-    names = sorted(labels.loc[labels["split"] == ctx.cfg.split, "clip"])
-    chosen: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    for name in names:
-        face_path = clip_file(ctx.cfg.faces_dir, Clip(name, ctx.cfg.split))
-        flow_path = clip_file(ctx.cfg.flow_dir, Clip(name, ctx.cfg.split))
-        if not (face_path.exists() and flow_path.exists()):
-            continue
-        with np.load(face_path) as f, np.load(flow_path) as g:
-            flow = g["flow"].astype(np.float32) * float(g["scale"])
-            chosen[name] = (f["faces"][: len(flow) + 1], flow)
-        if len(chosen) == ctx.cfg.flow_clips:
-            break
-    if not chosen:
-        raise Missing(f"no {ctx.cfg.split} clip has both faces and flow")
+    samples = load_npz(ctx.cfg.samples)
+    if "flow_clips" not in samples or not len(samples["flow_clips"]):
+        raise Missing(f"{ctx.cfg.samples} holds no flow samples")
+    shown = {
+        str(name): (samples[f"faces_{i}"], samples[f"flow_{i}"], samples[f"steps_{i}"])
+        for i, name in enumerate(samples["flow_clips"])
+    }
     ctx.figure(
-        feature_views.flow_panel(chosen, ctx.cfg.flow_steps),
+        feature_views.flow_panel(shown),
         "flow",
         "Aligned faces and the optical flow to the next frame (HSV: hue = direction, brightness = magnitude).",
     )
 
 
-def model_section(ctx: Context) -> None:
-    cfg = ctx.cfg
-    if not cfg.model_analyses:
-        raise Missing("plot.model_analyses is off")
-
-    torch.set_num_threads(resolve_workers(0))
-    model, configs, _ = load_checkpoint(need(cfg.checkpoint), "cpu")
-    labels = read_labels(need(cfg.labels))
-    ecfg = EvalConfig(faces_dir=cfg.faces_dir, flow_dir=cfg.flow_dir)
-    dataset, _ = split_dataset(labels, cfg.split, ecfg, configs.data)
-    if len(dataset) < 2:
-        raise Missing(f"fewer than two usable {cfg.split} clips")
-    columns = tuple(configs.data.label_columns)
-    result = importance.stream_importance(model, make_loader(dataset, cfg.batch_size, False, 0, 0), columns)
-    train_truth = labels.loc[labels["split"] == "train", list(columns)].to_numpy(np.float64)
-    baseline = None
-    if len(train_truth):
-        acc = 1.0 - np.abs(dataset.targets - train_truth.mean(0)).mean(0)
-        baseline = np.append(acc, acc[[columns.index(t) for t in TRAITS]].mean())
+def importance_section(ctx: Context) -> None:
+    report = read_json(ctx.cfg.importance)
+    if "skipped" in report:
+        raise Missing(f"analyze skipped: {report['skipped']}")
+    split, streams = report["split"], report["streams"]
     ctx.figure(
-        importance.stream_importance_figure(result, baseline),
+        feature_views.stream_importance_figure(streams, report.get("baseline")),
         "stream_importance",
-        f"1-MAE ({cfg.split}) with both streams and with one stream's input zeroed, beside the training-mean baseline.",
+        f"1-MAE ({split}) with both streams and with one stream's input zeroed, beside the training-mean baseline.",
     )
-    out: dict[str, Any] = {"split": cfg.split, "clips": len(dataset), "streams": result.to_dict()}
-    if baseline is not None:
-        out["baseline"] = dict(zip([*columns, "mean"], baseline.tolist(), strict=True))
-
-    subset = [dataset[i] for i in range(min(cfg.occlusion_clips, len(dataset)))]
-    maps = importance.occlusion_maps(model, [collate(subset, configs.data)], cfg.occlusion_cells)
-    faces = np.stack([s.faces.numpy() for s in subset]).astype(np.float64)  # (n, K, 3, S, S) uint8 values
-    mean_face = faces.mean(axis=(0, 1)).transpose(1, 2, 0).round().astype(np.uint8)
+    occ = report["occlusion"]
+    columns = tuple(next(iter(occ["maps"].values())))
+    maps = {s: np.array([m[c] for c in columns]) for s, m in occ["maps"].items()}
+    mean_face = load_npz(ctx.cfg.samples)["mean_face"]
     ctx.figure(
-        importance.occlusion_figure(maps, columns, mean_face, ctx.boxes),
+        feature_views.occlusion_figure(maps, columns, mean_face, ctx.boxes),
         "occlusion",
-        f"Occlusion importance ({len(subset)} {cfg.split} clips, {cfg.occlusion_cells}x{cfg.occlusion_cells} "
+        f"Occlusion importance ({occ['clips']} {split} clips, {occ['cells']}x{occ['cells']} "
         "cells): mean absolute change of each trait's prediction when a cell of the faces (or flow) is blanked.",
     )
-    out["occlusion"] = {
-        "clips": len(subset),
-        "cells": cfg.occlusion_cells,
-        "maps": {s: {c: m[j].tolist() for j, c in enumerate(columns)} for s, m in maps.items()},
-        "region_share": {
-            s: {
-                c: {k: v.mass_share for k, v in am.masses(m[j], ctx.boxes).items()}
-                for j, c in enumerate(columns)
-            }
-            for s, m in maps.items()
-        },
-    }
-    write_json(cfg.importance, out)
-    ctx.summaries["stream_importance"] = {k: v for k, v in result.to_dict().items() if k.startswith("drop_")}
+    ctx.summaries["stream_importance"] = {k: v for k, v in streams.items() if k.startswith("drop_")}
 
 
 def ablations_section(ctx: Context) -> None:
@@ -332,139 +232,9 @@ SECTIONS: dict[str, Callable[[Context], None]] = {
     "attention": attention_section,
     "embeddings": embeddings_section,
     "flow": flow_section,
-    "model analyses": model_section,
+    "model analyses": importance_section,
     "ablations": ablations_section,
 }
-
-
-# ---------------------------------------------------------------- report.md
-
-
-def data_statistics(folder: str | Path) -> dict[str, dict[str, Any]]:
-    """Scalar figures (and one level of nested scalars) of every reports/data/*.json."""
-    out: dict[str, dict[str, Any]] = {}
-    for path in sorted(Path(folder).glob("*.json")):
-        try:
-            d = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        flat: dict[str, Any] = {}
-        for key, value in d.items():
-            if isinstance(value, str | int | float | bool):
-                flat[key] = value
-            elif isinstance(value, dict) and key not in ("digests", "skipped_clips"):
-                for k2, v2 in value.items():
-                    if isinstance(v2, str | int | float | bool):
-                        flat[f"{key}.{k2}"] = v2
-                    elif isinstance(v2, dict) and all(isinstance(v, int | float) for v in v2.values()):
-                        flat[f"{key}.{k2}"] = ", ".join(f"{k3} {_num(v3)}" for k3, v3 in v2.items())
-        out[path.name] = flat
-    return out
-
-
-def _num(x: Any) -> str:
-    return f"{x:.4g}" if isinstance(x, float) else str(x)
-
-
-def render_report(ctx: Context) -> str:
-    """The Markdown that describes the experiment: params, data, training, metrics, figures and tables."""
-    cfg = ctx.cfg
-    rel = Path(cfg.report_md).parent
-    lines = ["# Experiment report", ""]
-    source = ctx.params.get("data", {}).get("source", "unknown")
-    lines += [f"Data source: **{source}**; scored split: **{cfg.split}**.", ""]
-    m = ctx.summaries.get("metrics")
-    if m:
-        parts = [f"mean 1-MAE **{m['model_mean_1mae']:.4f}**"]
-        if m["baseline_mean_1mae"] is not None:
-            parts.append(f"training-mean baseline {m['baseline_mean_1mae']:.4f}")
-        if m["oracle_mean_1mae"] is not None:
-            parts.append(f"oracle {m['oracle_mean_1mae']:.4f}")
-        if m["gap_closed_mean"] is not None:
-            parts.append(f"baseline-to-oracle gap closed {m['gap_closed_mean']:.2f}")
-        lines += ["Headline: " + "; ".join(parts) + ".", ""]
-
-    lines += ["## Tables", ""]
-    for name, caption in ctx.tables.items():
-        path = Path(cfg.tables_dir) / f"{name}.md"
-        body = path.read_text(encoding="utf-8").split("\n\n", 1)[-1]
-        lines += [
-            f"### {name}",
-            "",
-            caption,
-            "",
-            body.strip(),
-            "",
-            f"LaTeX: `{_rel(path.with_suffix('.tex'), rel)}`",
-            "",
-        ]
-
-    for name, path in ctx.external_tables.items():
-        lines += [f"### {name}", "", path.read_text(encoding="utf-8").strip(), "", f"(from `{path}`)", ""]
-
-    if "attention_mass" in ctx.summaries:
-        lines += ["## Attention on the eye and mouth regions", ""]
-        rows = []
-        for direction, regions in ctx.summaries["attention_mass"].items():
-            for region, v in regions.items():
-                rows.append(
-                    {"direction": direction, "region": region, **{k: round(x, 4) for k, x in v.items()}}
-                )
-        lines += [pd.DataFrame(rows).to_markdown(index=False), ""]
-        if ctx.synthetic:
-            lines += ["On synthetic data the trait-relevant motion is on the eyes and the mouth: lift > 1 means the "
-                      "attention prefers them to their share of the crop.", ""]  # fmt: skip
-    if "stream_importance" in ctx.summaries:
-        lines += ["## Stream importance (drop in 1-MAE when a stream's input is zeroed)", ""]
-        frame = pd.DataFrame(ctx.summaries["stream_importance"]).T.round(4)
-        lines += [frame.to_markdown(), ""]
-
-    lines += ["## Figures", ""]
-    for name, caption in ctx.figures.items():
-        png = Path(cfg.figures_dir) / f"{name}.png"
-        lines += [
-            f"### {name}",
-            "",
-            caption,
-            "",
-            f"![{name}]({_rel(png, rel)})",
-            f"(PDF: `{_rel(png.with_suffix('.pdf'), rel)}`)",
-            "",
-        ]
-
-    lines += ["## Data", ""]
-    for name, stats in data_statistics(cfg.data_reports).items():
-        lines += [
-            f"### {name}",
-            "",
-            pd.DataFrame({"figure": list(stats), "value": [_num(v) for v in stats.values()]}).to_markdown(
-                index=False
-            ),
-            "",
-        ]
-    if Path(cfg.train_report).exists():
-        train = json.loads(Path(cfg.train_report).read_text())
-        scalars = {k: v for k, v in train.items() if isinstance(v, str | int | float | bool)}
-        lines += [
-            "## Training",
-            "",
-            pd.DataFrame({"figure": list(scalars), "value": [_num(v) for v in scalars.values()]}).to_markdown(
-                index=False
-            ),
-            "",
-        ]
-
-    lines += ["## Sections", ""]
-    lines += [f"- {section}: {status}" for section, status in ctx.status.items()]
-    lines += ["", "## Params", "", "```yaml", yaml.safe_dump(ctx.params, sort_keys=False).strip(), "```", ""]
-    return "\n".join(lines)
-
-
-def _rel(path: Path, base: Path) -> str:
-    try:
-        return path.relative_to(base).as_posix()
-    except ValueError:
-        return path.as_posix()
 
 
 # ---------------------------------------------------------------- the stage
@@ -474,7 +244,7 @@ def run(params: dict[str, Any]) -> Context:
     """Every section in turn; a section whose input is missing (or that fails) is skipped and recorded."""
     cfg = PlotConfig.from_params(params.get("plot", {}))
     figures.apply_style(cfg.dpi)
-    margin = float(params.get("faces", {}).get("margin", 0.25))
+    margin = float(params.get("faces", {}).get("margin", 0.0))
     synthetic = params.get("data", {}).get("source") == "synthetic"
     ctx = Context(cfg, params, am.region_boxes(margin, am.RegionSpec()), synthetic, {}, {}, {}, {})
     timings = {}
@@ -492,9 +262,8 @@ def run(params: dict[str, Any]) -> Context:
         timings[name] = round(time.perf_counter() - start, 2)
         log.info("%s: %s (%.1f s)", name, ctx.status[name], timings[name])
     # Declared outputs exist whatever ran: a skipped section leaves a note saying why.
-    for name, path in (("attention", cfg.attention_mass), ("model analyses", cfg.importance)):
-        if ctx.status.get(name) != "done":
-            write_json(path, {"skipped": ctx.status.get(name, "not run")})
+    if ctx.status.get("attention") != "done":
+        write_json(cfg.attention_mass, {"skipped": ctx.status.get("attention", "not run")})
     Path(cfg.report_md).parent.mkdir(parents=True, exist_ok=True)
     write_text(cfg.report_md, render_report(ctx))
     write_json(
@@ -507,11 +276,6 @@ def run(params: dict[str, Any]) -> Context:
         },
     )
     return ctx
-
-
-def write_text(path: str | Path, text: str) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
 
 
 def main() -> None:

@@ -28,63 +28,23 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import psutil
 import torch
 from tqdm import tqdm
 
-from model.config import DataConfig
-from model.data import Batch, ClipDataset, collate, frame_indices, load_clip_arrays
+from model.atomic import atomic_path
+from model.config import DataConfig, from_section
+from model.data import Batch, clip_arrays, collate, frame_indices, make_sample
 from model.training import load_checkpoint, resolve_device
-from stages.align_faces import AlignConfig, FaceDetector, align_clip, detect_frames, make_detector
-from stages.common import Clip, SkipClip, atomic_path, load_params, section_config, setup_logging
-from stages.compute_flow import Flow, clip_flow, estimator_from
-from stages.extract_frames import (
-    Frames,
-    check_counts,
-    check_frames,
-    decode_frames,
-    encode_frames,
-    sample_frames,
-)
-from stages.fast_align import StreamAligner
-from stages.fast_decode import SampledStream, prefetch
+from stages.common import SkipClip, load_params, setup_logging
+from stages.preprocess.clip import ClipFeatures, ClipPreprocessor, FastConfig, Preprocess
+from stages.preprocess.records import Frames
+from stages.report.attention_maps import face_attention, overlay_png
 
 log = logging.getLogger(__name__)
 
-# Used only when a checkpoint predates storing the `frames` section and no params.yaml is at hand.
-FRAMES_DEFAULTS: dict[str, Any] = {
-    "fps": 5,
-    "max_side": 640,
-    "codec": "jpeg",
-    "quality": 70,
-    "min_frames": 8,
-    "min_coverage": 0.9,
-}
 STEPS = ("decode", "detect", "align", "flow", "forward")
-# --fast plans its detections on the clip length its container declares; without one, on this (FI V2 clips are ~15 s).
-DEFAULT_SECONDS = 15.0
-
-
-@dataclass(frozen=True)
-class FastConfig:
-    """What `--fast` changes from the pipeline's preprocessing, and nothing else.
-
-    Frames are decoded with PyAV in a background thread, skipping frames per `skip`
-    (stages/fast_decode.py: a sample may move by a frame with nonref, up to three with bidir) and,
-    unless `deblock`, the deblocking filter, and are not round-tripped through the storage codec.
-    They are aligned as they arrive (stages/fast_align.py, StreamAligner): MTCNN on `detections`
-    evenly spaced frames, plus up to `max_detections` in all where the landmarks' Lucas-Kanade
-    tracks between two sightings part by more than `tolerance` face sides. Flow and the network
-    are unchanged.
-    """
-
-    detections: int = 8
-    max_detections: int = 16
-    tolerance: float = 0.1
-    skip: str = "bidir"  # none | nonref | bidir
-    deblock: bool = False
 
 
 @dataclass(frozen=True)
@@ -110,7 +70,7 @@ class PredictParams:
             section = load_params("predict", path)
         except (OSError, KeyError):
             return cls()
-        return section_config(cls, section, "predict", strict=False)
+        return from_section(cls, section, "predict")
 
     def fast_config(self) -> FastConfig:
         return FastConfig(
@@ -120,47 +80,6 @@ class PredictParams:
             skip=self.fast_skip,
             deblock=self.fast_deblock,
         )
-
-
-@dataclass
-class Preprocess:
-    """The params sections that shape a clip's inputs: those stored in the checkpoint."""
-
-    frames: dict[str, Any]
-    faces: dict[str, Any]
-    flow: dict[str, Any]
-
-    @classmethod
-    def from_checkpoint(cls, stored: dict[str, Any], params_path: str | Path = "params.yaml") -> Preprocess:
-        """The checkpoint's sections; a missing `frames` section falls back to params.yaml, then to defaults."""
-        missing = [k for k in ("faces", "flow") if not stored.get(k)]
-        if missing:
-            raise ValueError(
-                f"checkpoint stores no {' and '.join(missing)} params: cannot preprocess like training"
-            )
-        frames = stored.get("frames")
-        if not frames:
-            try:
-                frames = load_params("frames", params_path)
-                log.warning("checkpoint has no frames params: using those of %s", params_path)
-            except (OSError, KeyError):
-                frames = FRAMES_DEFAULTS
-                log.warning("checkpoint has no frames params and %s none: using the defaults", params_path)
-        return cls(dict(frames), dict(stored["faces"]), dict(stored["flow"]))
-
-
-@dataclass
-class ClipFeatures:
-    """What the network's inputs are made from: aligned faces, their validity and their flow."""
-
-    faces: np.ndarray  # uint8 [T, S, S, 3]
-    valid: np.ndarray  # bool [T]
-    flow: Flow
-    timestamps: np.ndarray  # float64 [T] seconds
-
-    @property
-    def detection_rate(self) -> float:
-        return float(self.valid.mean()) if len(self.valid) else 0.0
 
 
 @dataclass
@@ -188,92 +107,14 @@ class ClipPrediction:
         return row
 
 
-class TimedDetector:
-    """A FaceDetector that passes calls through and counts the images and seconds spent in them."""
-
-    def __init__(self, detector: FaceDetector) -> None:
-        self.detector = detector
-        self.seconds = 0.0
-        self.images = 0
-
-    def reset(self) -> None:
-        self.seconds, self.images = 0.0, 0
-
-    def detect_faces(self, image: Any, **kwargs: Any) -> Any:
-        start = time.perf_counter()
-        self.images += len(image) if isinstance(image, list) else 1
-        try:
-            return self.detector.detect_faces(image, **kwargs)
-        finally:
-            self.seconds += time.perf_counter() - start
-
-
-# ---------------------------------------------------------------- pure functions on one clip
-
-
-def read_frames(video: str | Path, frames_params: dict[str, Any]) -> Frames:
-    """Frames (RGB [T, H, W, 3] and timestamps) as align-faces would read them from extract-frames'
-    output: sample_frames, the clip checks, then the storage codec's encode-decode round trip.
-    (The fast path streams its frames instead: Predictor._fast_track.)
-    """
-    p = frames_params
-    frames = sample_frames(video, p["fps"], p["max_side"])
-    check_frames(frames, p["min_frames"], p["min_coverage"])
-    frames.frames = decode_frames(*encode_frames(frames.frames, p["codec"], p["quality"]))
-    return frames
-
-
-def check_flow_input(valid: np.ndarray, min_frames: int) -> None:
-    """compute-flow's checks on an aligned clip: long enough, and two consecutive valid faces."""
-    if len(valid) < max(2, min_frames):
-        raise SkipClip(f"too short: {len(valid)} faces, fewer than {max(2, min_frames)}")
-    if not np.any(valid[:-1] & valid[1:]):
-        raise SkipClip("no two consecutive valid faces")
-
-
 def model_batch(features: ClipFeatures, data_cfg: DataConfig, name: str = "clip") -> Batch:
-    """The evaluation's batch of one clip: load_clip_arrays on the would-be npz files, ClipDataset, collate."""
-    faces_npz, flow_npz = io.BytesIO(), io.BytesIO()
-    np.savez(faces_npz, faces=features.faces, valid=features.valid)
+    """The batch of one clip, built by the dataset's own functions (clip_arrays, make_sample, collate)."""
     f = features.flow
-    np.savez(flow_npz, flow=f.flow, scale=np.float32(f.scale), valid=f.valid)
-    faces_npz.seek(0)
-    flow_npz.seek(0)
-    arrays = load_clip_arrays(faces_npz, flow_npz, data_cfg.static_size, data_cfg.flow_size)
-    dataset = ClipDataset(Path(), Path(), [Clip(name, "predict")], None, data_cfg, train=False)
-    dataset.cache[name] = arrays
-    return collate([dataset[0]])
-
-
-def attention_maps(
-    attention: torch.Tensor, static_grid: tuple[int, int, int], dynamic_grid: tuple[int, ...], n_real: int
-) -> np.ndarray:
-    """Per face frame k, where its tokens look in the flow: [K, h, w] on the flow grid (each sums to 1).
-
-    `attention` is one clip's static-to-dynamic weights [heads, Ls, Ld]; flow is computed on the
-    aligned faces, so the flow grid lies on the face.
-    """
-    k, hs, ws = static_grid
-    _, h, w = dynamic_grid
-    weights = attention[:, :, :n_real].float().mean(0).cpu().numpy()  # (Ls, n_real)
-    weights = weights.reshape(k, hs * ws, n_real // (h * w), h, w)
-    return weights.mean(1).sum(1)  # (K, h, w)
-
-
-def overlay_png(faces: np.ndarray, maps: np.ndarray, side: int = 224) -> bytes:
-    """The K faces side by side, each under its attention map (magma, min-max over all maps), as PNG."""
-    low, span = float(maps.min()), float(maps.max() - maps.min())
-    scaled = (maps - low) / span if span > 1e-9 * max(abs(low), 1.0) else np.zeros_like(maps)
-    tiles = []
-    for face, grid in zip(faces, scaled, strict=True):
-        face = cv2.resize(face, (side, side), interpolation=cv2.INTER_LINEAR)
-        heat = cv2.resize(grid.astype(np.float32), (side, side), interpolation=cv2.INTER_LINEAR)
-        heat = cv2.applyColorMap(np.clip(heat * 255, 0, 255).astype(np.uint8), cv2.COLORMAP_MAGMA)
-        tiles.append(cv2.addWeighted(cv2.cvtColor(face, cv2.COLOR_RGB2BGR), 0.6, heat, 0.4, 0.0))
-    ok, png = cv2.imencode(".png", np.concatenate(tiles, axis=1))
-    if not ok:
-        raise RuntimeError("PNG encoding failed")
-    return png.tobytes()
+    arrays = clip_arrays(
+        features.faces, features.valid, f.flow, f.scale, f.valid, data_cfg.static_size, data_cfg.flow_size
+    )
+    unlabelled = np.full(len(data_cfg.label_columns), np.nan, np.float32)
+    return collate([make_sample(arrays, data_cfg, False, unlabelled, name)], data_cfg)
 
 
 def expand_inputs(items: Iterable[str | Path]) -> list[Path]:
@@ -291,7 +132,7 @@ def expand_inputs(items: Iterable[str | Path]) -> list[Path]:
 
 
 class Predictor:
-    """A loaded model with its detector and flow estimator: build once, then predict any number of clips."""
+    """A loaded model with its clip preprocessing: build once, then predict any number of clips."""
 
     def __init__(
         self,
@@ -307,30 +148,19 @@ class Predictor:
         self.device = resolve_device(device)
         self.model, self.configs, _ = load_checkpoint(checkpoint, self.device)
         self.columns = self.configs.model.label_columns
-        self.pre = Preprocess.from_checkpoint(self.configs.preprocess, params_path)
-        self.align_cfg = AlignConfig.from_params(self.pre.faces)
-        self.detector = TimedDetector(make_detector(self.pre.faces.get("device", "CPU:0"), threads))
-        self.estimator = estimator_from(self.pre.flow)
-        self.fast = fast
+        pre = Preprocess.from_checkpoint(self.configs.preprocess, params_path)
+        self.preprocessor = ClipPreprocessor(pre, threads)
+        self.fast = fast  # None: the exact path
         if warm_up:
             self.warm_up()
 
+    @property
+    def detector(self) -> Any:
+        return self.preprocessor.detector
+
     def warm_up(self) -> None:
-        """Trace MTCNN's graphs and run the network once, so that the first clip costs what any clip does.
-
-        MTCNN's networks are traced per input shape until TensorFlow relaxes the shapes (after a
-        few different ones): three detections of the astronaut's face on frames of two sizes, one
-        with two images. Costs about a second once, in the start-up.
-        """
-        from skimage.data import astronaut
-
-        face = astronaut()[:256, 96:352]
-        calls = [((640, 360), 0.6, 1), ((480, 480), 0.9, 1), ((640, 360), 0.5, 2)]
-        for (width, height), scale, images in calls:
-            canvas = np.full((images, height, width, 3), 96, np.uint8)
-            small = cv2.resize(face, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
-            canvas[:, : small.shape[0], : small.shape[1]] = small[:height, :width]
-            detect_frames(canvas, np.arange(images), self.detector.detector, self.align_cfg)
+        """Trace MTCNN's graphs and run the network once, so that the first clip costs what any clip does."""
+        self.preprocessor.warm_up()
         data = self.configs.data
         faces = torch.zeros(1, data.static_frames, 3, data.static_size, data.static_size, device=self.device)
         flow = torch.zeros(1, 8, 2, data.flow_size, data.flow_size, device=self.device)
@@ -338,65 +168,12 @@ class Predictor:
             self.model(faces, flow, torch.ones(1, 8, dtype=torch.bool, device=self.device))
 
     def read(self, video: str | Path) -> Frames:
-        """The frames of one video as the exact path reads them (see read_frames)."""
-        return read_frames(video, self.pre.frames)
+        return self.preprocessor.read(video)
 
     def features(
         self, video: str | Path, timings: dict[str, float] | None = None, frames: Future | None = None
     ) -> ClipFeatures:
-        """Frames, aligned faces and flow of one video; raises SkipClip for an unusable one.
-
-        `frames` may be a Future of `read(video)` started earlier (exact path only); then "decode"
-        times only the wait. The fast path streams instead: see `_fast_track`.
-        """
-        timings = {} if timings is None else timings
-        self.detector.reset()
-        if self.fast is None:
-            start = time.perf_counter()
-            frames = self.read(video) if frames is None else frames.result()
-            timings["decode"] = time.perf_counter() - start
-            start = time.perf_counter()
-            track = align_clip(frames.frames, self.detector, self.align_cfg)
-            timestamps = frames.timestamps
-            timings["align"] = time.perf_counter() - start - self.detector.seconds
-        else:
-            track, timestamps = self._fast_track(video, timings)
-        timings["detect"] = self.detector.seconds
-        start = time.perf_counter()
-        check_flow_input(track.valid, self.pre.flow.get("min_frames", 2))
-        flow = clip_flow(
-            track.faces, self.estimator, self.pre.flow["size"], self.pre.flow["bound"], track.valid
-        )
-        timings["flow"] = time.perf_counter() - start
-        return ClipFeatures(track.faces, track.valid, flow, timestamps)
-
-    def _fast_track(self, video: str | Path, timings: dict[str, float]) -> tuple[Any, np.ndarray]:
-        """The fast path's aligned track and timestamps: a background thread decodes while this one
-        aligns each frame as it comes (StreamAligner), so on two cores the clip costs about its
-        decoding plus the last gap, not decoding plus alignment.
-
-        timings: "decode" is the decoder thread's busy time, which overlaps "align" (this thread's
-        alignment work, without MTCNN's "detect").
-        """
-        p, f = self.pre.frames, self.fast
-        stream = SampledStream(video, p["fps"], p["max_side"], skip=f.skip, deblock=f.deblock)
-        expected = stream.expected or round(DEFAULT_SECONDS * p["fps"])
-        aligner = StreamAligner(
-            self.detector, self.align_cfg, expected, f.detections, f.max_detections, f.tolerance
-        )
-        work = 0.0
-        for image, _ in prefetch(stream):
-            start = time.perf_counter()
-            aligner.add(image)
-            work += time.perf_counter() - start
-        timings["decode"] = stream.seconds
-        stream.check(p["min_coverage"])
-        check_counts(len(stream.timestamps), stream.decoded, 0, p["min_frames"], 0.0)
-        start = time.perf_counter()
-        track = aligner.finish()
-        work += time.perf_counter() - start
-        timings["align"] = work - self.detector.seconds
-        return track, np.asarray(stream.timestamps, np.float64)
+        return self.preprocessor.features(video, self.fast, timings, frames)
 
     def predict(
         self, video: str | Path, explain_dir: str | Path | None = None, frames: Future | None = None
@@ -463,7 +240,7 @@ class Predictor:
         if not out.attention or "static_to_dynamic" not in out.attention:
             return "unavailable: the model has no static-to-dynamic cross-attention"
         n_real = int(out.dynamic_mask[0].sum())
-        maps = attention_maps(
+        maps = face_attention(
             out.attention["static_to_dynamic"][0], out.static_grid, out.dynamic_grid, n_real
         )
         idx = frame_indices(features.valid, self.configs.data.static_frames, random=False)

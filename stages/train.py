@@ -15,18 +15,19 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from model import distributed, tracking
-from model.config import DataConfig, ModelConfig, TrainConfig
+from model.config import TRAIN_PATHS, DataConfig, ModelConfig, TrainConfig, flatten
 from model.data import ClipDataset, make_loader
+from model.records import Clip
 from model.training import RunConfigs, resolve_device, seed_everything, train
 from stages.common import (
-    Clip,
-    clip_file,
+    clip_sources,
     load_params,
     read_labels,
     remove_partials,
@@ -36,44 +37,36 @@ from stages.common import (
 )
 
 
-def available_clips(
-    labels_split: list[Clip], faces_dir: Path, flow_dir: Path
-) -> tuple[list[Clip], dict[str, str]]:
-    """Clips whose faces and flow files both exist; the others with the reason."""
-    keep, missing = [], {}
-    for clip in labels_split:
-        absent = [
-            what
-            for what, root in (("faces", faces_dir), ("flow", flow_dir))
-            if not clip_file(root, clip).exists()
-        ]
-        if absent:
-            missing[clip.name] = f"no {' and '.join(absent)} file"
-        else:
-            keep.append(clip)
-    return keep, missing
+@dataclass(frozen=True)
+class TrainPaths:
+    """The files the `train` section names (model.config.TRAIN_PATHS): read by the stage, never
+    stored in a checkpoint."""
 
+    faces_dir: str = "data/faces"
+    flow_dir: str = "data/flow"
+    labels: str = "data/raw/labels.csv"
+    out_dir: str = "data/model"
+    live_dir: str = "reports/train"
+    tensorboard_dir: str = "reports/tensorboard"
+    wandb_dir: str = "reports/wandb"
 
-def flat(prefix: str, d: dict[str, Any]) -> dict[str, Any]:
-    """Nested params as dotted keys, for dvclive's params log."""
-    out: dict[str, Any] = {}
-    for key, value in d.items():
-        name = f"{prefix}.{key}"
-        out.update(flat(name, value) if isinstance(value, dict) else {name: value})
-    return out
+    @classmethod
+    def from_params(cls, section: dict[str, Any]) -> TrainPaths:
+        return cls(**{k: str(section[k]) for k in TRAIN_PATHS if k in section})
 
 
 def main() -> None:
     params = load_params()
     tcfg = TrainConfig.from_params(params["train"])
+    paths = TrainPaths.from_params(params["train"])
     ctx = distributed.setup(resolve_device(tcfg.device))
     try:
-        run(params, tcfg, ctx)
+        run(params, tcfg, paths, ctx)
     finally:
         distributed.cleanup(ctx)
 
 
-def run(params: dict[str, Any], tcfg: TrainConfig, ctx: distributed.DistContext) -> None:
+def run(params: dict[str, Any], tcfg: TrainConfig, paths: TrainPaths, ctx: distributed.DistContext) -> None:
     """The stage in one process; under torchrun, one rank of it (rank 0 writes every output)."""
     if ctx.is_main:
         log = setup_logging("train")
@@ -81,25 +74,26 @@ def run(params: dict[str, Any], tcfg: TrainConfig, ctx: distributed.DistContext)
         logging.basicConfig(level=logging.WARNING)
         log = logging.getLogger("stages.train")
     tracking.require_packages(tcfg)  # on every rank, before any work, so that all of them stop
+    model = ModelConfig.from_params(params["model"])
     configs = RunConfigs(
-        model=ModelConfig.from_params(params["model"]),
-        data=DataConfig.from_params(params),
+        model=model,
+        data=DataConfig.from_configs(model, tcfg),
         train=tcfg,
         preprocess={k: params.get(k, {}) for k in ("frames", "faces", "flow")},
     )
     # under DDP on the CPU the ranks share the cores
     torch.set_num_threads(tcfg.threads or max(1, resolve_workers(0) // ctx.world_size))
     seed_everything(tcfg.seed + ctx.rank, tcfg.deterministic)  # DDP broadcasts rank 0's initial weights
-    faces_dir, flow_dir, out_dir = Path(tcfg.faces_dir), Path(tcfg.flow_dir), Path(tcfg.out_dir)
+    faces_dir, flow_dir, out_dir = Path(paths.faces_dir), Path(paths.flow_dir), Path(paths.out_dir)
     if out_dir.exists() and ctx.is_main:
         remove_partials(out_dir)
 
-    labels = read_labels(tcfg.labels)
+    labels = read_labels(paths.labels)
     datasets, skipped = {}, {}
     for split in ("train", "val"):
         rows = labels[labels["split"] == split]
-        clips, missing = available_clips([Clip(c, split) for c in rows["clip"]], faces_dir, flow_dir)
-        ds = ClipDataset(faces_dir, flow_dir, clips, labels, configs.data, train=split == "train")
+        sources, missing = clip_sources([Clip(c, split) for c in rows["clip"]], faces_dir, flow_dir)
+        ds = ClipDataset(sources, labels, configs.data, train=split == "train")
         if configs.data.cache:  # without a cache, reading every clip up front costs a full pass
             missing.update(ds.preload())
         skipped[split] = missing
@@ -115,9 +109,8 @@ def run(params: dict[str, Any], tcfg: TrainConfig, ctx: distributed.DistContext)
     start = time.perf_counter()
     tracker = None
     if ctx.is_main:
-        tracker = tracking.open_tracker(
-            tcfg, {**flat("model", params["model"]), **flat("train", params["train"])}
-        )
+        dirs = tracking.TrackingDirs(paths.live_dir, paths.tensorboard_dir, paths.wandb_dir)
+        tracker = tracking.open_tracker(tcfg, dirs, flatten({k: params[k] for k in ("model", "train")}))
     with tracker or contextlib.nullcontext():
         result = train(configs, train_loader, val_loader, out_dir, tracker, ctx)
     seconds = time.perf_counter() - start
@@ -125,7 +118,7 @@ def run(params: dict[str, Any], tcfg: TrainConfig, ctx: distributed.DistContext)
         return
     last = result.history[-1] if result.history else {}
     write_json(
-        Path(tcfg.live_dir) / "summary.json",
+        Path(paths.live_dir) / "summary.json",
         {
             "device": str(resolve_device(tcfg.device)),
             "world_size": ctx.world_size,

@@ -23,7 +23,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from stages.common import LABEL_COLUMNS
+from model.records import LABEL_COLUMNS
 
 # ---------------------------------------------------------------- contents
 

@@ -14,9 +14,13 @@ import pytest
 import yaml
 from skimage import data
 
-from stages import align_faces as af
-from stages.common import SkipClip, load_params
-from stages.extract_frames import Frames, sample_frames, save_frames
+from stages import align_faces as stage
+from stages.common import SkipClip, load_params, worker_state
+from stages.preprocess import faces as af
+from stages.preprocess import template as tm
+from stages.preprocess.records import Frames
+from stages.preprocess.storage import save_frames
+from stages.preprocess.video import sample_frames
 from tests.fixtures import READABLE, face_frames, gradient_frames, head_image, make_bad_clips
 
 CFG = af.AlignConfig.from_params(load_params("faces", Path(__file__).resolve().parents[1] / "params.yaml"))
@@ -46,7 +50,7 @@ def eye_errors(faces: np.ndarray, detector: af.FaceDetector, cfg: af.AlignConfig
 
 def test_template_is_the_arcface_layout_shrunk_toward_the_centre() -> None:
     plain = af.template(112, 0.0)
-    np.testing.assert_allclose(plain, af.ARCFACE_112, atol=1e-4)
+    np.testing.assert_allclose(plain, tm.ARCFACE_112, atol=1e-4)
     shrunk = af.template(112, 0.25)
     np.testing.assert_allclose(shrunk - 56, 0.75 * (plain - 56), atol=1e-4)
     np.testing.assert_allclose(af.template(224, 0.25), 2 * shrunk, atol=1e-4)
@@ -300,7 +304,9 @@ def test_skipped_frames_are_interpolated_between_detections(detector: af.FaceDet
 
 def test_main_writes_resumes_and_reports(tmp_path: Path, detector: af.FaceDetector, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
-    params = {"faces": {**load_params("faces", Path(af.__file__).parents[1] / "params.yaml"), "workers": 1}}
+    params = {
+        "faces": {**load_params("faces", Path(stage.__file__).parents[1] / "params.yaml"), "workers": 1}
+    }
     Path("params.yaml").write_text(yaml.safe_dump(params))
     os.makedirs("data/shards")
     pd.DataFrame({"clip": ["face_clip", "gradient", "missing"], "split": ["train", "val", "val"]}).to_csv(
@@ -312,7 +318,7 @@ def test_main_writes_resumes_and_reports(tmp_path: Path, detector: af.FaceDetect
     ]:
         frames = Frames(images, np.arange(5) / 5.0, 25.0, (640, 480))
         save_frames(f"data/frames/0/{split}/{name}.npz", frames, "webp", 90, key="k")
-    af.main()
+    stage.main()
     out = Path("data/faces/0/train/face_clip.npz")
     with np.load(out) as z:
         assert z["faces"].shape == (5, CFG.size, CFG.size, 3)
@@ -329,8 +335,8 @@ def test_main_writes_resumes_and_reports(tmp_path: Path, detector: af.FaceDetect
     stamp = out.stat().st_mtime_ns
     # Clips left out are retried on every run; without them a rerun has nothing to detect.
     pd.DataFrame({"clip": ["face_clip"], "split": ["train"]}).to_csv("data/shards/0.csv", index=False)
-    af.main()
+    stage.main()
     assert out.stat().st_mtime_ns == stamp
-    assert "detector" not in af._STATE, "a run of cached clips must not build a detector"
+    assert not worker_state()._detector, "a run of cached clips must not build a detector"
     report = json.loads(Path("reports/data/faces/0.json").read_text())
     assert report["counts"]["train"]["cached"] == 1

@@ -8,7 +8,8 @@ import pickle
 import numpy as np
 import pytest
 
-from stages.annotations import (
+from model.records import LABEL_COLUMNS
+from stages.sources.annotations import (
     ANNOTATION_FILES,
     AnnotationError,
     UnsafePickleError,
@@ -16,7 +17,6 @@ from stages.annotations import (
     load_annotation,
     read_annotation,
 )
-from stages.common import LABEL_COLUMNS
 from tests.archive_helpers import annotation_pickle
 
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from stages import archives
-from stages.archives import (
+from stages.sources import archives
+from stages.sources.archives import (
     ArchiveError,
     ChecksumError,
     DownloadError,

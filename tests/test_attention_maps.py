@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stages import attention_maps as am
-from stages.align_faces import template
-from stages.figures import apply_style, save_figure
+from stages.preprocess.template import template
+from stages.report import attention_maps as am
+from stages.report.figures import apply_style, save_figure
 
 BOXES = am.region_boxes(0.25, am.RegionSpec())
 

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from stages.archives import ChecksumError
-from stages.chalearn import (
+from model.records import LABEL_COLUMNS
+from stages.sources.archives import ChecksumError
+from stages.sources.chalearn import (
     EXPECTED_COUNTS,
     ArchiveRecord,
     archive_split,
@@ -19,7 +20,6 @@ from stages.chalearn import (
     prepare_chalearn,
     read_manifest,
 )
-from stages.common import LABEL_COLUMNS
 from tests.archive_helpers import (
     CLIPS,
     INNER,

@@ -1,56 +1,25 @@
-"""Shared stage plumbing: params sections as dataclasses, output preparation, shards."""
+"""Shared stage plumbing (stages/common.py): output preparation, shards, the clip index."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from model.atomic import TMP_MARK
+from model.records import Clip
 from stages.common import (
-    TMP_MARK,
-    Clip,
     Shards,
     clip_file,
     parse_shard,
     prepare_outputs,
     remove_stale_shards,
     save_npz,
-    section_config,
     shard_of,
     shard_report,
 )
-
-
-@dataclass
-class Knobs:
-    size: int = 112
-    bound: float = 4.0
-    method: str = "farneback"
-    enabled: bool = True
-
-
-def test_section_config_types_values_like_the_defaults() -> None:
-    knobs = section_config(Knobs, {"size": 224, "bound": 2, "method": "dis"}, "flow")
-    assert knobs == Knobs(size=224, bound=2.0, method="dis")
-    assert isinstance(knobs.bound, float)
-    assert section_config(Knobs, None, "flow") == Knobs()
-
-
-def test_section_config_reads_boolean_words_as_booleans() -> None:
-    assert section_config(Knobs, {"enabled": "false"}, "flow").enabled is False
-    assert section_config(Knobs, {"enabled": "True"}, "flow").enabled is True
-    assert section_config(Knobs, {"enabled": 0}, "flow").enabled is False
-    with pytest.raises(ValueError, match="not a boolean"):
-        section_config(Knobs, {"enabled": "maybe"}, "flow")
-
-
-def test_section_config_refuses_unknown_keys_unless_lenient() -> None:
-    with pytest.raises(KeyError, match=r"flow: unknown params \['sise'\]"):
-        section_config(Knobs, {"sise": 224}, "flow")
-    assert section_config(Knobs, {"size": 56, "workers": 2}, "flow", strict=False) == Knobs(size=56)
 
 
 def test_prepare_outputs_removes_partials_and_clips_no_longer_listed(tmp_path: Path) -> None:

@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from model.metrics import BootstrapConfig
+from model.records import TRAITS
 from stages import compare
-from stages.common import TRAITS
 
 N_CLIPS = 60
 BOOT = BootstrapConfig(n_resamples=300, confidence=0.95, seed=0)

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stages.config import apply_overrides, flatten, set_args
+from model.config import flatten
+from stages.config import apply_overrides, set_args
 from tests.conftest import REPO
 
 
@@ -24,7 +25,7 @@ def test_every_named_config_applies_to_existing_keys(params_copy: Path, name: st
     overrides = yaml.safe_load((REPO / "configs" / name).read_text())
     apply_overrides(params_copy, overrides)
     params = yaml.safe_load(params_copy.read_text())
-    for dotted, value in flatten(overrides):
+    for dotted, value in flatten(overrides).items():
         node = params
         for part in dotted.split("."):
             node = node[part]

@@ -19,9 +19,10 @@ from model.data import (
     load_clip_arrays,
     make_loader,
 )
-from stages.common import LABEL_COLUMNS, TRAITS, Clip, save_npz
+from model.records import LABEL_COLUMNS, TRAITS, Clip, ClipSource
+from stages.common import save_npz
 
-NO_AUG = AugmentConfig(flip=0.0, crop=1.0, brightness=0.0, contrast=0.0, saturation=0.0)
+NO_AUG = AugmentConfig(flip=0.0, reverse=0.0, crop=1.0, brightness=0.0, contrast=0.0, saturation=0.0)
 
 
 def write_clip(root: Path, clip: Clip, frames: int, face: int = 24, flow: int = 12, seed: int = 0) -> None:
@@ -82,7 +83,7 @@ def test_flip_mirrors_both_streams_and_negates_flow_x() -> None:
     faces = torch.rand(2, 3, 3, 8, 8)
     flow = torch.randn(2, 4, 2, 6, 6)
     mask = torch.ones(2, 4, dtype=torch.bool)
-    aug = AugmentConfig(flip=1.0, crop=1.0, brightness=0.0, contrast=0.0, saturation=0.0)
+    aug = AugmentConfig(flip=1.0, reverse=0.0, crop=1.0, brightness=0.0, contrast=0.0, saturation=0.0)
     f2, fl2 = augment_batch(faces, flow, mask, aug)
     torch.testing.assert_close(f2, faces.flip(-1))
     torch.testing.assert_close(fl2[:, :, 0], -flow[:, :, 0].flip(-1))
@@ -114,7 +115,7 @@ def test_crop_uses_the_same_window_on_faces_and_flow_and_zooms_flow() -> None:
     ramp_w = torch.linspace(0, 1, side_w).expand(side_w, side_w)
     faces = ramp_f.expand(1, 1, 3, side_f, side_f).clone()
     flow = torch.stack([ramp_w, torch.ones_like(ramp_w)]).expand(1, 2, 2, side_w, side_w).clone()
-    aug = AugmentConfig(flip=0.0, crop=0.5, brightness=0.0, contrast=0.0, saturation=0.0)
+    aug = AugmentConfig(flip=0.0, reverse=0.0, crop=0.5, brightness=0.0, contrast=0.0, saturation=0.0)
     f2, fl2 = augment_batch(faces, flow, torch.ones(1, 2, dtype=torch.bool), aug)
     zoom = fl2[0, 0, 1].mean().item()  # y flow was 1 px everywhere: now 1/s px
     assert 1.0 < zoom <= 2.0 + 1e-5
@@ -127,7 +128,7 @@ def test_crop_uses_the_same_window_on_faces_and_flow_and_zooms_flow() -> None:
 def test_colour_jitter_changes_faces_but_not_flow() -> None:
     torch.manual_seed(0)
     faces, flow = torch.rand(4, 2, 3, 8, 8), torch.randn(4, 3, 2, 6, 6)
-    aug = AugmentConfig(flip=0.0, crop=1.0, brightness=0.1, contrast=0.1, saturation=0.1)
+    aug = AugmentConfig(flip=0.0, reverse=0.0, crop=1.0, brightness=0.1, contrast=0.1, saturation=0.1)
     f2, fl2 = augment_batch(faces, flow, torch.ones(4, 3, dtype=torch.bool), aug)
     assert not torch.allclose(f2, faces) and (f2 - faces).abs().max() < 0.35
     assert f2.min() >= 0 and f2.max() <= 1
@@ -140,7 +141,9 @@ def test_dataset_collate_pads_masks_and_labels(tmp_path: Path) -> None:
     write_clip(tmp_path, clips[1], frames=9, seed=1)
     labels = labels_for(clips)
     cfg = small_cfg()
-    ds = ClipDataset(tmp_path / "faces", tmp_path / "flow", clips, labels, cfg, train=False)
+    ds = ClipDataset(
+        [ClipSource.under(c, tmp_path / "faces", tmp_path / "flow") for c in clips], labels, cfg, train=False
+    )
     batch = next(iter(make_loader(ds, 2, shuffle=False, workers=0, seed=0)))
     assert batch.faces.shape == (2, 3, 3, 16, 16) and batch.faces.dtype == torch.float32
     assert batch.flow.shape == (2, 8, 2, 12, 12)
@@ -158,11 +161,18 @@ def test_interview_target_and_unlabelled_clips(tmp_path: Path) -> None:
     for c in clips:
         write_clip(tmp_path, c, frames=4)
     cfg = small_cfg(label_columns=LABEL_COLUMNS)
-    ds = ClipDataset(tmp_path / "faces", tmp_path / "flow", clips, labels_for(clips[:1]), cfg, train=False)
+    ds = ClipDataset(
+        [ClipSource.under(c, tmp_path / "faces", tmp_path / "flow") for c in clips],
+        labels_for(clips[:1]),
+        cfg,
+        train=False,
+    )
     assert ds[0].target.shape == (len(LABEL_COLUMNS),)
     assert torch.isnan(ds[1].target).all()
     assert torch.isnan(
-        ClipDataset(tmp_path / "faces", tmp_path / "flow", clips, None, cfg, False)[0].target
+        ClipDataset(
+            [ClipSource.under(c, tmp_path / "faces", tmp_path / "flow") for c in clips], None, cfg, False
+        )[0].target
     ).all()
 
 
@@ -171,7 +181,12 @@ def test_preload_drops_unreadable_clips(tmp_path: Path) -> None:
     write_clip(tmp_path, clips[0], frames=4)
     write_clip(tmp_path, clips[1], frames=4)
     clips[1].path(tmp_path / "flow").write_bytes(b"not an npz")
-    ds = ClipDataset(tmp_path / "faces", tmp_path / "flow", clips, labels_for(clips), small_cfg(), train=True)
+    ds = ClipDataset(
+        [ClipSource.under(c, tmp_path / "faces", tmp_path / "flow") for c in clips],
+        labels_for(clips),
+        small_cfg(),
+        train=True,
+    )
     dropped = ds.preload()
     assert set(dropped) == {"broken", "absent"}
     assert [c.name for c in ds.clips] == ["good"] and len(ds.targets) == 1
@@ -182,7 +197,12 @@ def test_training_loader_is_reproducible_with_its_seed(tmp_path: Path) -> None:
     for i, c in enumerate(clips):
         write_clip(tmp_path, c, frames=6, seed=i)
     cfg = small_cfg(augment=AugmentConfig())
-    ds = ClipDataset(tmp_path / "faces", tmp_path / "flow", clips, labels_for(clips), cfg, train=True)
+    ds = ClipDataset(
+        [ClipSource.under(c, tmp_path / "faces", tmp_path / "flow") for c in clips],
+        labels_for(clips),
+        cfg,
+        train=True,
+    )
 
     def first_batch(seed: int) -> list[str]:
         torch.manual_seed(seed)

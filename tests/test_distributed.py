@@ -24,6 +24,7 @@ import pandas as pd
 import torch
 
 from model import distributed
+from model.records import ClipSource
 from model.data import ClipDataset, make_loader
 from model.network import build_model
 from model.training import make_loss, make_optimizer, make_scheduler, train_one_epoch
@@ -39,7 +40,7 @@ model = build_model(configs.model)
 initial = {n: p.detach().clone() for n, p in model.named_parameters()}
 labels = pd.read_csv(root / "labels.csv", dtype={"clip": str})
 clips = [Clip(c, "train") for c in labels.loc[labels["split"] == "train", "clip"]]
-ds = ClipDataset(root / "faces", root / "flow", clips, labels, configs.data, train=True)
+ds = ClipDataset([ClipSource.under(c, root / "faces", root / "flow") for c in clips], labels, configs.data, train=True)
 loader = make_loader(ds, 4, True, 0, 0, ctx.world_size, ctx.rank)
 net = distributed.wrap(model, ctx, cpu)
 optimizer = make_optimizer(model, configs.train)

@@ -13,8 +13,9 @@ import pandas as pd
 import pytest
 import yaml
 
+from model.records import LABEL_COLUMNS, SPLITS
 from stages import download_verify
-from stages.common import LABEL_COLUMNS, SPLITS, SkipClip, read_labels
+from stages.common import SkipClip, read_labels
 from stages.download_verify import check_labels, label_stats, probe_video, verify_dataset
 from tests.archive_helpers import CLIPS, PASSWORD, make_mp4, official_archives
 
@@ -130,7 +131,7 @@ def write_params(root: Path, data: dict) -> None:
 
 
 def fake_generator(calls: list) -> types.ModuleType:
-    """A stand-in for stages.synthetic: n clips per split, the last test clip's video corrupt."""
+    """A stand-in for stages.sources.synthetic: n clips per split, the last test clip's video corrupt."""
 
     def generate_dataset(cfg: dict, seed: int, out_root: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         calls.append((cfg, seed, out_root))
@@ -153,7 +154,7 @@ def test_main_synthetic_writes_labels_factors_and_report(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     write_params(tmp_path, {})
     calls: list = []
-    monkeypatch.setitem(sys.modules, "stages.synthetic", fake_generator(calls))
+    monkeypatch.setitem(sys.modules, "stages.sources.synthetic", fake_generator(calls))
     stale = tmp_path / "data" / "raw" / "videos" / "train" / "old_run.000.mp4"
     make_mp4(stale)
     download_verify.main()
@@ -211,7 +212,7 @@ def test_main_rejects_an_unknown_source(tmp_path, monkeypatch):
 
 
 def test_main_with_the_real_synthetic_generator(tmp_path, monkeypatch):
-    pytest.importorskip("stages.synthetic")
+    pytest.importorskip("stages.sources.synthetic")
     monkeypatch.chdir(tmp_path)
     synthetic = {"n_train": 2, "n_val": 1, "n_test": 1, "seconds": 1.0, "fps": 10, "size": 128, "workers": 1}
     write_params(tmp_path, {"synthetic": synthetic})

@@ -15,17 +15,10 @@ import pytest
 import yaml
 
 from stages.common import SkipClip, load_params, stored_key
-from stages.extract_frames import (
-    Frames,
-    check_frames,
-    decode_frames,
-    encode_frames,
-    fit_size,
-    load_frames,
-    main,
-    sample_frames,
-    save_frames,
-)
+from stages.extract_frames import main
+from stages.preprocess.records import Frames
+from stages.preprocess.storage import decode_frames, encode_frames, load_frames, save_frames
+from stages.preprocess.video import check_frames, fit_size, sample_frames
 from tests.fixtures import (
     NON_ASCII_NAME,
     READABLE,

@@ -6,9 +6,9 @@ import cv2
 import numpy as np
 import pytest
 
-from stages import feature_views as fv
-from stages.common import TRAITS
-from stages.figures import apply_style, save_figure
+from model.records import TRAITS
+from stages.report import feature_views as fv
+from stages.report.figures import apply_style, save_figure
 
 
 def test_flow_colour_encodes_direction_and_magnitude():
@@ -60,5 +60,7 @@ def test_flow_panel_draws_faces_and_flow(tmp_path):
         "b": (rng.integers(0, 256, (3, 24, 24, 3), dtype=np.uint8), rng.normal(size=(2, 12, 12, 2))),
     }
     apply_style(50)
-    png, pdf = save_figure(fv.flow_panel(clips, steps=3), tmp_path, "flow")
+    shown = {name: fv.sample_steps(faces, flow, 3) for name, (faces, flow) in clips.items()}
+    assert [len(idx) for _, _, idx in shown.values()] == [3, 2] and shown["a"][2].tolist() == [0, 2, 3]
+    png, pdf = save_figure(fv.flow_panel(shown), tmp_path, "flow")
     assert png.stat().st_size > 1000 and pdf.read_bytes()[:4] == b"%PDF"

@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stages import figures
-from stages.common import TRAITS
+from model.records import TRAITS
+from stages.report import figures
 
 
 @pytest.fixture(autouse=True)

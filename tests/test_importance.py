@@ -8,10 +8,11 @@ import torch
 
 from model.config import DataConfig, ModelConfig
 from model.data import Batch, ClipDataset, collate, make_loader
-from model.network import build_model
-from stages import importance
-from stages.common import TRAITS, Clip
-from stages.figures import apply_style, save_figure
+from model.network import Encoded, build_model
+from model.records import TRAITS, Clip, ClipSource
+from stages.report import importance
+from stages.report.feature_views import occlusion_figure, stream_importance_figure
+from stages.report.figures import apply_style, save_figure
 
 FACE, FLOW, K = 32, 16, 2
 
@@ -53,7 +54,9 @@ def dataset(tmp_path_factory) -> ClipDataset:
         )
         clips.append(Clip(name, "test"))
     cfg = DataConfig(static_frames=K, static_size=FACE, flow_size=FLOW)
-    ds = ClipDataset(root / "faces", root / "flow", clips, None, cfg, train=False)
+    ds = ClipDataset(
+        [ClipSource.under(c, root / "faces", root / "flow") for c in clips], None, cfg, train=False
+    )
     ds.preload()
     return ds
 
@@ -131,28 +134,28 @@ def test_figures(tmp_path, dataset):
     result = importance.stream_importance(model, make_loader(ds, 4, False, 0, 0), TRAITS)
     maps = importance.occlusion_maps(model, [collate([ds[0]], ds.cfg)], cells=2)
     face = np.full((32, 32, 3), 128, np.uint8)
+    baseline = dict.fromkeys([*TRAITS, "mean"], 0.8)
     for name, fig in (
-        ("streams", importance.stream_importance_figure(result, np.full(len(TRAITS) + 1, 0.8))),
-        ("occlusion", importance.occlusion_figure(maps, TRAITS, face, None)),
+        ("streams", stream_importance_figure(result.to_dict(), baseline)),
+        ("occlusion", occlusion_figure(maps, TRAITS, face, None)),
     ):
         png, pdf = save_figure(fig, tmp_path, name)
         assert png.stat().st_size > 1000 and pdf.read_bytes()[:4] == b"%PDF"
 
 
-def test_reused_stream_outputs_give_the_plain_forward_pass(dataset):
+def test_reused_stream_tokens_give_the_plain_forward_pass(dataset):
     model = tiny_model("both")
     batch = collate([dataset[i] for i in range(3)], dataset.cfg)
     with torch.no_grad():
-        plain = model(batch.faces, batch.flow, batch.flow_mask).pred
-        s, d = importance.stream_outputs(model, batch.faces, batch.flow, batch.flow_mask)
-        torch.testing.assert_close(importance.fused_pred(model, 3, s, d), plain)
+        plain = model(batch.faces, batch.flow, batch.flow_mask).pred.numpy()
+        enc = model.encode(batch.faces, batch.flow, batch.flow_mask)
+        np.testing.assert_allclose(importance.fused_pred(model, enc), plain, rtol=1e-6, atol=1e-7)
         # one clip's occluded copies against the plain forward on that copy
         faces, flow, mask = batch.faces[:1], batch.flow[:1], batch.flow_mask[:1]
         copies = importance.occluded_copies(flow, 2)
         assert not copies[3, ..., 8:, 8:].any() and torch.equal(copies[3, ..., :8, :], flow[0, ..., :8, :])
-        s1, _ = importance.expand_outputs(*importance.stream_outputs(model, faces, flow, mask), 4)
-        d_occ = model.dynamic(copies, mask.expand(4, -1))
-        cached = importance.fused_pred(model, 4, s1, d_occ)
-        direct = model(faces.expand(4, -1, -1, -1, -1), copies, mask.expand(4, -1)).pred
-    torch.testing.assert_close(cached, direct)
-    assert not hasattr(model.static, "__dict__") or "forward" not in model.static.__dict__  # restored
+        rep = model.encode(faces, flow, mask).expand(4)
+        d_occ = model.encode_dynamic(copies, mask.expand(4, -1))
+        cached = importance.fused_pred(model, Encoded(rep.static, d_occ))
+        direct = model(faces.expand(4, -1, -1, -1, -1), copies, mask.expand(4, -1)).pred.numpy()
+    np.testing.assert_allclose(cached, direct, rtol=1e-5, atol=1e-6)

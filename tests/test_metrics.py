@@ -7,8 +7,8 @@ import pytest
 
 from model import metrics
 from model.metrics import BootstrapConfig
-from stages.annotations import annotation_frame, read_annotation
-from stages.common import TRAITS
+from model.records import TRAITS
+from stages.sources.annotations import annotation_frame, read_annotation
 
 CFG = BootstrapConfig(n_resamples=200, seed=0)
 

@@ -10,7 +10,7 @@ import torchvision
 
 from model.config import ModelConfig
 from model.network import build_model, freeze_prefixes, load_pretrained
-from stages.common import LABEL_COLUMNS, TRAITS
+from model.records import LABEL_COLUMNS, TRAITS
 
 TINY = {
     "head_hidden": 16,

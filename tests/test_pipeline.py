@@ -13,9 +13,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from stages.common import TRAITS, Clip, read_labels, shard_of
+from model.records import TRAITS, Clip
+from stages.common import clip_sources, read_labels, shard_of
 from stages.config import apply_overrides
-from stages.train import available_clips
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
@@ -175,7 +175,7 @@ def test_two_shards_hold_their_own_clips_and_a_new_clip_reruns_only_its_shard(tm
             assert names and all(shard_of(n, 2) == k for n in names), (stage_dir, k)
     # The readers see every clip, whichever shard holds it; the merged reports count them all.
     clips = [Clip(n, s) for n, s in zip(labels["clip"], labels["split"], strict=True)]
-    found, missing = available_clips(clips, root / "data/faces", root / "data/flow")
+    found, missing = clip_sources(clips, root / "data/faces", root / "data/flow")
     assert len(found) == len(labels) and not missing
     merged = json.loads((root / "reports/data/flow.json").read_text())
     assert merged["ok"] == len(labels) and set(merged["shards"]) == {"0", "1"}

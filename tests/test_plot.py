@@ -12,12 +12,13 @@ import pytest
 import torch
 import yaml
 
-from model.config import DataConfig, ModelConfig, TrainConfig
+from model.config import ConfigError, DataConfig, ModelConfig, TrainConfig
 from model.metrics import BootstrapConfig
 from model.network import build_model
+from model.records import LABEL_COLUMNS, TRAITS
 from model.training import RunConfigs, save_checkpoint
-from stages import compare, evaluate, plot, tables
-from stages.common import LABEL_COLUMNS, TRAITS
+from stages import analyze, compare, evaluate, plot
+from stages.report import tables
 
 FACE, FLOW, K = 32, 16, 2
 
@@ -113,12 +114,13 @@ def evaluated_run(tmp_path_factory):
             "attention_clips": 3,
         }
     )
-    params["plot"].update({"dpi": 60, "n_resamples": 50, "occlusion_clips": 2, "occlusion_cells": 3, "tsne_min_clips": 5,
-                           "tsne_perplexity": 2.0})  # fmt: skip
+    params["analyze"].update({"batch_size": 4, "occlusion_clips": 2, "occlusion_cells": 3})
+    params["plot"].update({"dpi": 60, "n_resamples": 50, "tsne_min_clips": 5, "tsne_perplexity": 2.0})
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
         (root / "params.yaml").write_text(yaml.safe_dump(params))
         evaluate.main()
+        analyze.main()
     return root, params
 
 
@@ -174,7 +176,7 @@ def test_plot_writes_every_figure_table_and_the_report(evaluated_run, monkeypatc
 def test_report_embeds_the_ablation_table_that_compare_made(evaluated_run, monkeypatch, tmp_path):
     root, params = evaluated_run
     monkeypatch.chdir(root)
-    params = {**params, "plot": {**params["plot"], "ablations_dir": str(tmp_path), "model_analyses": False}}
+    params = {**params, "plot": {**params["plot"], "ablations_dir": str(tmp_path)}}
     predictions = root / "reports" / "predictions" / "test.csv"
     for variant in ("full", "copy"):
         compare.collect(
@@ -200,6 +202,32 @@ def test_missing_inputs_skip_their_sections_without_failing(tmp_path, evaluated_
 
 
 def test_unknown_plot_params_are_refused():
-    with pytest.raises(KeyError):
+    with pytest.raises(ConfigError, match="plot: unknown params"):
         plot.PlotConfig.from_params({"colour": "red"})
-    assert plot.PlotConfig.from_params({"dpi": "100"}).dpi == 100
+    with pytest.raises(ConfigError, match=r"plot\.dpi: '100' is not a number"):
+        plot.PlotConfig.from_params({"dpi": "100"})
+    assert plot.PlotConfig.from_params({"dpi": 100}).dpi == 100
+
+
+def test_plot_reads_reports_only(evaluated_run, monkeypatch):
+    """With the checkpoint and the data folders gone, plot still draws every figure from reports/."""
+    root, params = evaluated_run
+    monkeypatch.chdir(root)
+    hidden = root.parent / f"{root.name}-data-hidden"
+    (root / "data").rename(hidden)
+    try:
+        ctx = plot.run(params)
+    finally:
+        hidden.rename(root / "data")
+    assert all(v == "done" for k, v in ctx.status.items() if k != "ablations"), ctx.status
+
+
+def test_analyze_switched_off_leaves_a_note_that_plot_reports(evaluated_run, monkeypatch, tmp_path):
+    _, params = evaluated_run
+    monkeypatch.chdir(tmp_path)
+    off = {**params, "analyze": {**params["analyze"], "enabled": False}}
+    Path("params.yaml").write_text(yaml.safe_dump(off))
+    analyze.main()
+    assert json.loads(Path("reports/importance.json").read_text()) == {"skipped": "analyze.enabled is false"}
+    ctx = plot.run(off)
+    assert ctx.status["model analyses"] == "skipped: analyze skipped: analyze.enabled is false"

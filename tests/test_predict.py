@@ -18,22 +18,23 @@ import torch
 from model.config import DataConfig, ModelConfig, TrainConfig
 from model.data import ClipDataset, collate
 from model.network import build_model
+from model.records import TRAITS, Clip, ClipSource
 from model.training import RunConfigs, save_checkpoint
 from stages import align_faces, compute_flow, extract_frames
-from stages.common import TRAITS, Clip, load_params
+from stages.common import load_params
 from stages.predict import (
     STEPS,
     ClipPrediction,
-    FastConfig,
     Predictor,
     PredictParams,
-    Preprocess,
-    attention_maps,
     expand_inputs,
     model_batch,
     parse_args,
     write_results,
 )
+from stages.preprocess.clip import FastConfig, Preprocess
+from stages.preprocess.storage import load_flow
+from stages.report.attention_maps import face_attention
 from tests.fixtures import NON_ASCII_NAME, make_bad_clips
 
 REPO = Path(__file__).resolve().parents[1]
@@ -106,13 +107,14 @@ def run_pipeline(video: Path, root: Path) -> Clip:
     dst.parent.mkdir(parents=True)
     dst.write_bytes(video.read_bytes())
     dirs = {k: root / k for k in ("frames", "faces", "flow")}
-    paths = {"videos_dir": root / "videos", "out_dir": dirs["frames"], "decode_threads": 0}
-    extract_frames._init_worker(PARAMS["frames"] | paths)
-    assert extract_frames.extract_clip(clip).status == "done"
-    align_faces.init_worker(PARAMS["faces"] | {"frames_dir": dirs["frames"], "out_dir": dirs["faces"]}, 1)
-    assert align_faces.process_clip(clip).status == "done"
-    compute_flow._init_worker(PARAMS["flow"] | {"faces_dir": dirs["faces"], "out_dir": dirs["flow"]})
-    assert compute_flow.flow_clip(clip).status == "done"
+    frames_job = extract_frames.Job(
+        PARAMS["frames"] | {"videos_dir": root / "videos"}, str(dirs["frames"]), 0
+    )
+    assert extract_frames.extract_clip(clip, frames_job).status == "done"
+    faces_job = align_faces.Job(PARAMS["faces"], str(dirs["frames"]), str(dirs["faces"]), 1)
+    assert align_faces.process_clip(clip, faces_job).status == "done"
+    flow_job = compute_flow.Job(PARAMS["flow"], str(dirs["faces"]), str(dirs["flow"]))
+    assert compute_flow.flow_clip(clip, flow_job).status == "done"
     return clip
 
 
@@ -125,13 +127,18 @@ def test_features_and_batch_equal_the_pipeline(
         np.testing.assert_array_equal(features.faces, z["faces"])
         np.testing.assert_array_equal(features.valid, z["valid"])
         np.testing.assert_array_equal(features.timestamps, z["timestamps"])
-    stored = compute_flow.load_flow(clip.path(tmp_path / "flow"))
+    stored = load_flow(clip.path(tmp_path / "flow"))
     np.testing.assert_array_equal(features.flow.flow, stored.flow)
     np.testing.assert_array_equal(features.flow.valid, stored.valid)
     assert np.float32(features.flow.scale) == np.float32(stored.scale)
 
     data_cfg = predictor.configs.data
-    dataset = ClipDataset(tmp_path / "faces", tmp_path / "flow", [clip], None, data_cfg, train=False)
+    dataset = ClipDataset(
+        [ClipSource.under(c, tmp_path / "faces", tmp_path / "flow") for c in [clip]],
+        None,
+        data_cfg,
+        train=False,
+    )
     expected = collate([dataset[0]])
     batch = model_batch(features, data_cfg, clip.name)
     for name in ("faces", "flow", "flow_mask"):
@@ -176,7 +183,7 @@ def test_bad_inputs_fail_with_clear_messages_and_others_still_predict(
 def test_fast_mode_stays_close_to_the_pipeline(predictor: Predictor, clips: dict[str, Path]) -> None:
     fast = copy.copy(predictor)
     # Non-reference skipping moves a sample by at most a frame; the default B-frame skipping by up
-    # to three (tests/test_fast_decode.py), which on this fast-swaying generated head moves the faces
+    # to three (tests/test_video.py), which on this fast-swaying generated head moves the faces
     # more than alignment error does, so the alignment comparison uses the former.
     fast.fast = FastConfig(detections=3, max_detections=4, skip="nonref")
     exact_features = predictor.features(clips["good"])
@@ -206,12 +213,12 @@ def test_explain_writes_one_overlay_tile_per_face_frame(
     assert image.shape == (224, 224 * k, 3)
 
 
-def test_attention_maps_follow_each_frames_queries() -> None:
+def test_face_attention_follows_each_frames_queries() -> None:
     k, t, h, w = 2, 3, 2, 2
     weights = torch.zeros(2, k * 4, t * h * w + 4)  # 4 padded dynamic tokens at the end
     weights[:, :4, 1 * h * w + 3] = 1.0  # frame 0's queries look at step 1, cell (1, 1)
     weights[:, 4:, 2 * h * w + 0] = 1.0  # frame 1's queries look at step 2, cell (0, 0)
-    maps = attention_maps(weights, (k, 2, 2), (t + 1, h, w), t * h * w)
+    maps = face_attention(weights, (k, 2, 2), (t + 1, h, w), t * h * w)
     assert maps.shape == (k, h, w)
     np.testing.assert_allclose(maps.sum(axis=(1, 2)), 1.0)
     assert maps[0, 1, 1] == 1.0 and maps[1, 0, 0] == 1.0

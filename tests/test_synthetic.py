@@ -11,8 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stages.common import LABEL_COLUMNS, SPLITS, TRAITS, file_digest
-from stages.synthetic import (
+from model.config import ConfigError
+from model.records import LABEL_COLUMNS, SPLITS, TRAITS
+from stages.common import file_digest
+from stages.sources.synthetic import (
     CANVAS,
     DYNAMIC_FACTORS,
     FACTORS,
@@ -235,7 +237,7 @@ def test_blinks_follow_the_blink_rate_and_last_long_enough():
 
 
 def test_unknown_params_are_refused():
-    with pytest.raises(KeyError, match="colour"):
+    with pytest.raises(ConfigError, match="colour"):
         SyntheticConfig.from_params({**TINY, "colour": 1})
 
 

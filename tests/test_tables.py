@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from stages import tables
-from stages.common import TRAITS
+from model.records import TRAITS
+from stages.report import tables
 
 
 def _entry(v: float) -> dict:

@@ -23,20 +23,15 @@ HAS_TB = importlib.util.find_spec("tensorboard") is not None
 HAS_WANDB = importlib.util.find_spec("wandb") is not None
 
 
-def _train(tmp_path: Path, root: Path, **train_over) -> tuple[list[dict], TrainConfig]:
-    """Two tiny epochs through the stage's tracker; returns the history."""
+def _train(tmp_path: Path, root: Path, **train_over) -> tuple[list[dict], tracking.TrackingDirs]:
+    """Two tiny epochs through the stage's tracker; returns the history and where the trackers wrote."""
     torch.manual_seed(0)
-    over = {
-        "live_dir": str(tmp_path / "live"),
-        "tensorboard_dir": str(tmp_path / "tb"),
-        "wandb_dir": str(tmp_path / "wb"),
-        **train_over,
-    }
-    configs = run_configs(**over)
+    configs = run_configs(**train_over)
     train_loader, val_loader = loaders(root, configs.data)
-    with tracking.open_tracker(configs.train, {"train.lr": configs.train.lr}) as tracker:
+    dirs = tracking.TrackingDirs(str(tmp_path / "live"), str(tmp_path / "tb"), str(tmp_path / "wb"))
+    with tracking.open_tracker(configs.train, dirs, {"train.lr": configs.train.lr}) as tracker:
         result = train(configs, train_loader, val_loader, tmp_path / "model", tracker)
-    return result.history, configs.train
+    return result.history, dirs
 
 
 def _dvclive_curve(live_dir: Path, name: str) -> list[tuple[int, float]]:
@@ -48,21 +43,21 @@ def _dvclive_curve(live_dir: Path, name: str) -> list[tuple[int, float]]:
 def test_tensorboard_scalars_match_dvclive(dataset_dir: Path, tmp_path: Path) -> None:  # noqa: F811
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    history, cfg = _train(tmp_path, dataset_dir, tensorboard=True)
-    events = EventAccumulator(cfg.tensorboard_dir, size_guidance={"scalars": 0}).Reload()
+    history, dirs = _train(tmp_path, dataset_dir, tensorboard=True)
+    events = EventAccumulator(dirs.tensorboard, size_guidance={"scalars": 0}).Reload()
     tags = set(events.Tags()["scalars"])
     assert {"train/loss", "val/loss", "val/1-mae/mean", "val/r2/mean", "lr", "epoch_seconds"} <= tags
     assert "val/1-mae/openness" in tags and "memory/peak_rss_mb" in tags
     assert not any(tag.startswith("gpu/") for tag in tags)  # nothing GPU-related on the CPU
     tb = [(e.step, e.value) for e in events.Scalars("val/1-mae/mean")]
-    live = _dvclive_curve(Path(cfg.live_dir), "val/1-mae/mean")
+    live = _dvclive_curve(Path(dirs.live), "val/1-mae/mean")
     assert [s for s, _ in tb] == [s for s, _ in live] == [0, 1]
     for (_, a), (_, b), row in zip(tb, live, history, strict=True):
         assert a == pytest.approx(b, abs=1e-6) and a == pytest.approx(row["val/1-mae/mean"], abs=1e-6)
 
     # a second run in the same directory replaces the curves instead of stacking a second file
-    tracking.TensorBoardSink(cfg.tensorboard_dir).close()
-    assert len(list(Path(cfg.tensorboard_dir).glob("events.out.tfevents.*"))) == 1
+    tracking.TensorBoardSink(dirs.tensorboard).close()
+    assert len(list(Path(dirs.tensorboard).glob("events.out.tfevents.*"))) == 1
 
 
 @pytest.mark.skipif(not HAS_WANDB, reason="wandb not installed (requirements-tracking.txt)")
@@ -73,8 +68,8 @@ def test_wandb_writes_an_offline_run_with_the_metrics(
 ) -> None:
     monkeypatch.setenv("WANDB_MODE", "online")  # the sink must stay offline regardless
     monkeypatch.setenv("WANDB_API_KEY", "")
-    history, cfg = _train(tmp_path, dataset_dir, wandb=True, epochs=1)
-    runs = list((Path(cfg.wandb_dir) / "wandb").glob("offline-run-*"))
+    history, dirs = _train(tmp_path, dataset_dir, wandb=True, epochs=1)
+    runs = list((Path(dirs.wandb) / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
     (log_file,) = runs[0].glob("run-*.wandb")  # offline runs keep their records only in this file
     expected = {

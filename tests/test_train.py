@@ -21,18 +21,19 @@ from dvclive import Live
 
 from model.config import DataConfig, ModelConfig, TrainConfig
 from model.data import ClipDataset, make_loader
+from model.inference import predict
 from model.network import build_model
+from model.records import LABEL_COLUMNS, Clip, ClipSource
 from model.training import (
     RunConfigs,
     init_weights_from,
     load_checkpoint,
     make_loss,
     make_scheduler,
-    predict,
     save_checkpoint,
     train,
 )
-from stages.common import LABEL_COLUMNS, Clip, save_npz
+from stages.common import save_npz
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = {
@@ -88,7 +89,12 @@ def loaders(root: Path, cfg: DataConfig) -> tuple:
     out = []
     for split in ("train", "val"):
         clips = [Clip(c, s) for c, s in zip(labels["clip"], labels["split"], strict=True) if s == split]
-        ds = ClipDataset(root / "faces", root / "flow", clips, labels, cfg, train=split == "train")
+        ds = ClipDataset(
+            [ClipSource.under(c, root / "faces", root / "flow") for c in clips],
+            labels,
+            cfg,
+            train=split == "train",
+        )
         out.append(make_loader(ds, 4, shuffle=split == "train", workers=0, seed=0))
     return tuple(out)
 
@@ -125,12 +131,14 @@ def test_checkpoint_round_trip_gives_the_same_predictions(dataset_dir: Path, tmp
     batch = next(iter(val_loader))
     with torch.no_grad():  # move the batch-norm statistics off their initial values
         model.train()(batch.faces, batch.flow, batch.flow_mask)
-    clips, before, _ = predict(model, val_loader, "cpu")
+    plain = predict(model, val_loader, "cpu")
+    assert plain.dumps is None and plain.static_emb.shape == (len(plain.clips), 8)
     save_checkpoint(tmp_path / "m.pt", model, configs, epoch=3)
     loaded, loaded_configs, state = load_checkpoint(tmp_path / "m.pt")
-    clips2, after, dumps = predict(loaded, val_loader, "cpu", dumps=True)
-    assert clips == clips2 and state["epoch"] == 3
-    np.testing.assert_allclose(after, before, atol=1e-6)
+    explained = predict(loaded, val_loader, "cpu", attention=True)
+    clips, dumps = explained.clips, explained.dumps
+    assert clips == plain.clips and state["epoch"] == 3
+    np.testing.assert_allclose(explained.pred, plain.pred, atol=1e-6)
     assert loaded_configs.model == configs.model and loaded_configs.data == configs.data
     assert len(dumps) == len(clips)
     t, h, w = dumps[0].dynamic_grid

@@ -14,7 +14,8 @@ from typing import Any
 
 import pandas as pd
 
-from stages.common import TRAITS, atomic_path
+from model.atomic import atomic_path
+from model.records import TRAITS
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 Aligned faces put the five landmarks on the align-faces template, so the eyes and the mouth sit
 at fixed places in every crop (and in every flow field, computed on the same crops). On the
-synthetic data the trait-relevant motion lives exactly there (stages/synthetic.py): the share
+synthetic data the trait-relevant motion lives exactly there (stages/sources/synthetic.py): the share
 of attention on those regions, against their share of the area, says whether the network looks
 where the answer is. Boxes are given in units of the template's inter-eye distance.
 """
@@ -11,14 +11,19 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+import cv2
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from stages.align_faces import template
-from stages.figures import PALETTE
+from stages.preprocess.template import template
+from stages.report.figures import PALETTE
+
+if TYPE_CHECKING:
+    import torch
 
 REGION_COLOURS = {"eyes": PALETTE[1], "mouth": PALETTE[5]}
 
@@ -285,3 +290,37 @@ def attention_over_time(reduced: list[ClipAttention]) -> Figure:
         ax.legend(frameon=False)
     fig.tight_layout()
     return fig
+
+
+# ---------------------------------------------------------------- one clip, for predict --explain
+
+
+def face_attention(
+    attention: torch.Tensor, static_grid: tuple[int, int, int], dynamic_grid: tuple[int, ...], n_real: int
+) -> np.ndarray:
+    """Per face frame k, where its tokens look in the flow: [K, h, w] on the flow grid (each sums to 1).
+
+    `attention` is one clip's static-to-dynamic weights [heads, Ls, Ld]; flow is computed on the
+    aligned faces, so the flow grid lies on the face.
+    """
+    k, hs, ws = static_grid
+    _, h, w = dynamic_grid
+    weights = attention[:, :, :n_real].float().mean(0).cpu().numpy()  # (Ls, n_real)
+    weights = weights.reshape(k, hs * ws, n_real // (h * w), h, w)
+    return weights.mean(1).sum(1)  # (K, h, w)
+
+
+def overlay_png(faces: np.ndarray, maps: np.ndarray, side: int = 224) -> bytes:
+    """The K faces side by side, each under its attention map (magma, min-max over all maps), as PNG."""
+    low, span = float(maps.min()), float(maps.max() - maps.min())
+    scaled = (maps - low) / span if span > 1e-9 * max(abs(low), 1.0) else np.zeros_like(maps)
+    tiles = []
+    for face, grid in zip(faces, scaled, strict=True):
+        face = cv2.resize(face, (side, side), interpolation=cv2.INTER_LINEAR)
+        heat = cv2.resize(grid.astype(np.float32), (side, side), interpolation=cv2.INTER_LINEAR)
+        heat = cv2.applyColorMap(np.clip(heat * 255, 0, 255).astype(np.uint8), cv2.COLORMAP_MAGMA)
+        tiles.append(cv2.addWeighted(cv2.cvtColor(face, cv2.COLOR_RGB2BGR), 0.6, heat, 0.4, 0.0))
+    ok, png = cv2.imencode(".png", np.concatenate(tiles, axis=1))
+    if not ok:
+        raise RuntimeError("PNG encoding failed")
+    return png.tobytes()

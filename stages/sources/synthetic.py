@@ -71,17 +71,10 @@ import pandas as pd
 import skimage.data
 from scipy.special import ndtr
 
-from stages.common import (
-    LABEL_COLUMNS,
-    SPLITS,
-    TRAITS,
-    Clip,
-    ClipResult,
-    atomic_path,
-    resolve_workers,
-    run_clips,
-    section_config,
-)
+from model.atomic import atomic_path
+from model.config import from_section
+from model.records import LABEL_COLUMNS, SPLITS, TRAITS, Clip
+from stages.common import ClipResult, resolve_workers, run_clips
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +142,7 @@ NAME_ALPHABET = string.ascii_letters + string.digits + "-_"
 class SyntheticConfig:
     """The `data.synthetic` params: dataset size, video format and the strength of each effect."""
 
-    n_train: int = 150
+    n_train: int = 400
     n_val: int = 50
     n_test: int = 50
     seconds: float = 6.0
@@ -168,7 +161,7 @@ class SyntheticConfig:
 
     @classmethod
     def from_params(cls, cfg: dict[str, Any]) -> SyntheticConfig:
-        return section_config(cls, cfg, "data.synthetic")
+        return from_section(cls, cfg, "data.synthetic")
 
     def count(self, split: str) -> int:
         return {"train": self.n_train, "val": self.n_val, "test": self.n_test}[split]
@@ -504,17 +497,20 @@ def write_video(frames: np.ndarray, path: Path, fps: float) -> None:
 
 # ---------------------------------------------------------------- the dataset
 
-_WORK: dict[str, Any] = {}
+
+@dataclass(frozen=True)
+class RenderJob:
+    """What every rendering worker needs: each clip's spec, the config and the output root."""
+
+    specs: dict[str, ClipSpec]
+    cfg: SyntheticConfig
+    out_root: Path
 
 
-def _init_worker(specs: dict[str, ClipSpec], cfg: SyntheticConfig, out_root: Path) -> None:
+def _render_one(clip: Clip, job: RenderJob) -> ClipResult:
     # No cv2.setNumThreads here: in a forked worker it can deadlock on the parent's thread pool.
-    _WORK.update(specs=specs, cfg=cfg, out_root=out_root)
-
-
-def _render_one(clip: Clip) -> ClipResult:
-    spec, cfg = _WORK["specs"][clip.name], _WORK["cfg"]
-    write_video(render_frames(spec, cfg), clip.path(_WORK["out_root"] / "videos", ".mp4"), cfg.fps)
+    spec, cfg = job.specs[clip.name], job.cfg
+    write_video(render_frames(spec, cfg), clip.path(job.out_root / "videos", ".mp4"), cfg.fps)
     return ClipResult(clip.name, clip.split, "done")
 
 
@@ -530,8 +526,7 @@ def generate_dataset(cfg: dict, seed: int, out_root: Path) -> tuple[pd.DataFrame
         clips,
         workers,
         "synthetic",
-        initializer=_init_worker,
-        initargs=({s.clip: s for s in specs}, conf, Path(out_root)),
+        RenderJob({s.clip: s for s in specs}, conf, Path(out_root)),
     )
     failed = [f"{r.split}/{r.clip}: {r.reason}" for r in results if r.status != "done"]
     if failed:

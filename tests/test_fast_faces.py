@@ -1,4 +1,4 @@
-"""Tests for stages/fast_align.py: LK tracking between sparse detections, and splitting where it fails."""
+"""Tests for stages/preprocess/fast_faces.py: LK tracking between sparse detections, and splitting where it fails."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import cv2
 import numpy as np
 import pytest
 
-from stages.align_faces import AlignConfig
 from stages.common import SkipClip
-from stages.fast_align import StreamAligner, align_fast, track_between
+from stages.preprocess.faces import AlignConfig
+from stages.preprocess.fast_faces import StreamAligner, align_fast, track_between
 
 SIZE = 200
 # A face-sized box and five landmarks in the first frame (pixels).

@@ -16,7 +16,8 @@ import logging
 import cv2
 import numpy as np
 
-from stages.align_faces import (
+from stages.common import SkipClip
+from stages.preprocess.faces import (
     AlignConfig,
     Detections,
     FaceDetector,
@@ -31,7 +32,6 @@ from stages.align_faces import (
     merge_detections,
     track_main_face,
 )
-from stages.common import SkipClip
 
 log = logging.getLogger(__name__)
 

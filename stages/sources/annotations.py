@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from stages.common import LABEL_COLUMNS
+from model.records import LABEL_COLUMNS
 
 log = logging.getLogger(__name__)
 

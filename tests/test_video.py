@@ -1,4 +1,4 @@
-"""Tests for stages/fast_decode.py: the same samples as extract-frames without skipping, close ones with it."""
+"""Tests for stages/preprocess/video.py (the PyAV stream): the same samples as extract-frames without skipping, close ones with it."""
 
 from __future__ import annotations
 
@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 
 from stages.common import SkipClip
-from stages.extract_frames import sample_frames
-from stages.fast_decode import SampledStream, decode_sampled, prefetch
+from stages.preprocess.video import SampledStream, decode_sampled, prefetch, sample_frames
 from tests.fixtures import make_bad_clips, make_face_clip
 
 

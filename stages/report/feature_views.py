@@ -1,4 +1,5 @@
-"""What the streams see and make: pooled embeddings in 2D, and optical flow as colour beside the faces.
+"""What the streams see and use: pooled embeddings in 2D, optical flow as colour beside the faces,
+and what occluding a region or removing a stream does to the predictions (from analyze's outputs).
 
 Embeddings (reports/embeddings/test.npz) are projected with PCA, and with t-SNE when there are
 enough clips, coloured by each trait's true score: a stream that encodes a trait shows a gradient.
@@ -17,9 +18,9 @@ from sklearn.decomposition import PCA
 from sklearn.manifold import TSNE
 from threadpoolctl import threadpool_limits
 
-from stages.attention_maps import bare
-from stages.common import TRAITS
-from stages.figures import trait_label
+from model.records import TRAITS
+from stages.report.attention_maps import bare, masses, overlay
+from stages.report.figures import PALETTE, trait_label
 
 STREAM_KEYS = {"static": "static_emb", "dynamic": "dynamic_emb"}
 
@@ -72,16 +73,23 @@ def flow_to_rgb(flow: np.ndarray, max_magnitude: float) -> np.ndarray:
     return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
 
 
-def flow_panel(clips: Mapping[str, tuple[np.ndarray, np.ndarray]], steps: int) -> Figure:
-    """For each clip (a pair of rows): `steps` face frames and the colour-coded flow that leaves each.
+def sample_steps(
+    faces: np.ndarray, flow: np.ndarray, steps: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`steps` evenly spaced flow steps of a clip: (faces [s, S, S, 3], flow [s, F, F, 2], step indices [s]).
 
-    `clips` maps a name to (faces uint8 [T, S, S, 3], flow in pixels float [T-1, F, F, 2]). One
-    magnitude scale (the 99th percentile over the shown clips) serves every panel.
+    `faces` uint8 [T, S, S, 3], `flow` in pixels [T-1, F, F, 2]; each face is the frame the flow leaves.
     """
-    shown = {}
-    for name, (faces, flow) in clips.items():
-        idx = np.linspace(0, len(flow) - 1, min(steps, len(flow))).round().astype(int)
-        shown[name] = (faces[idx], flow[idx], idx)
+    idx = np.linspace(0, len(flow) - 1, min(steps, len(flow))).round().astype(int)
+    return faces[idx], flow[idx], idx
+
+
+def flow_panel(shown: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray]]) -> Figure:
+    """For each clip (a pair of rows): its sampled face frames and the colour-coded flow that leaves each.
+
+    `shown` maps a name to sample_steps' (faces, flow, indices). One magnitude scale (the 99th
+    percentile over the shown clips) serves every panel.
+    """
     mags = np.concatenate([np.linalg.norm(f, axis=-1).ravel() for _, f, _ in shown.values()])
     scale = float(np.percentile(mags, 99)) if mags.size else 1.0
     cols = max(len(i) for _, _, i in shown.values())
@@ -100,5 +108,56 @@ def flow_panel(clips: Mapping[str, tuple[np.ndarray, np.ndarray]], steps: int) -
         axes[2 * r, 0].set_ylabel(name, fontsize=7)
         axes[2 * r + 1, 0].set_ylabel("flow", fontsize=7)
     fig.suptitle(f"optical flow (hue: direction, brightness: magnitude up to {scale:.2f} px)", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def occlusion_figure(
+    maps: dict[str, np.ndarray], columns: tuple[str, ...], face: np.ndarray, boxes: dict[str, list] | None
+) -> Figure:
+    """Rows: streams; columns: traits; each the occlusion map over the mean aligned face."""
+    traits = [c for c in TRAITS if c in columns]
+    fig, axes = plt.subplots(
+        len(maps), len(traits), figsize=(1.9 * len(traits), 2.0 * len(maps)), squeeze=False
+    )
+    for row, (stream, m) in zip(axes, maps.items(), strict=True):
+        for ax, trait in zip(row, traits, strict=True):
+            grid = m[columns.index(trait)]
+            overlay(ax, face, grid, boxes)
+            share = masses(grid, boxes)["eyes+mouth"].mass_share if boxes else float("nan")
+            ax.set_title(f"{trait_label(trait)}\neyes+mouth {share:.0%}", fontsize=7)
+        row[0].set_ylabel(f"{stream} occluded", fontsize=8)
+    fig.suptitle("occlusion: mean |Δ prediction| when a cell is blanked", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def stream_importance_figure(
+    streams: Mapping[str, Mapping[str, float]], baseline: Mapping[str, float] | None
+) -> Figure:
+    """1-MAE per trait with both streams and with each removed, beside the mean baseline.
+
+    `streams` is analyze's importance.json "streams" entry: "full" and "without_<stream>", each
+    {output: 1-MAE, ..., "mean": ...}; `baseline` has the same keys.
+    """
+    names = list(streams["full"])
+    rows = {"both streams": np.array([streams["full"][n] for n in names])}
+    for key, scores in streams.items():
+        if key.startswith("without_"):
+            rows[f"without {key.removeprefix('without_')}"] = np.array([scores[n] for n in names])
+    if baseline is not None:
+        rows["mean baseline"] = np.array([baseline[n] for n in names])
+    colours = [PALETTE[0], PALETTE[1], PALETTE[2], "#999999"]
+    fig, ax = plt.subplots(figsize=(5.5, 2.8))
+    x = np.arange(len(names))
+    width = 0.8 / len(rows)
+    for i, (label, v) in enumerate(rows.items()):
+        ax.bar(x + (i - (len(rows) - 1) / 2) * width, v, width, label=label, color=colours[i % len(colours)])
+    ax.set_xticks(x, [n[0].upper() if n != "mean" else "mean" for n in names])
+    values = np.concatenate(list(rows.values()))
+    ax.set_ylim(max(0.0, float(np.nanmin(values)) - 0.02), min(1.0, float(np.nanmax(values)) + 0.03))
+    ax.set_ylabel("1-MAE (test)")
+    ax.set_title("stream importance: input zeroed at test time")
+    ax.legend(frameon=False, fontsize=7, ncol=2)
     fig.tight_layout()
     return fig

@@ -1,11 +1,14 @@
-"""Fast timestamp sampling with PyAV for single-clip prediction: threaded decoding, optional skipping.
+"""Reading a video: ONE timestamp sampling rule and the two decoders behind it.
 
-The sampling rule and pixels are extract-frames' (the first decoded frame at or after each
-multiple of 1/fps, timestamps relative to the stream start, kept frames area-downscaled to
-`max_side`: without skipping the frames are identical), but the decoder runs frame-threaded and
-FFmpeg can be told to skip frames: `nonref` skips those no other frame references (about 40% of
-a typical H.264 webcam clip; samples move by up to a frame), `bidir` every B-frame (about 60%;
-samples move by up to three frames at 30 fps, which unevens the 5-fps flow steps). With
+Frames are chosen by their own decoded timestamps (the first frame at or after each k/fps), so
+30, 25, 29.97 fps, variable frame rates and wrong fps metadata all give the same sampling.
+`sample_frames` decodes with OpenCV, only grabbing the frames it skips (the pipeline's path);
+`SampledStream` decodes with PyAV in its own thread and can tell FFmpeg to skip frames or the
+deblocking filter (predict's fast path). Without skipping, the two give identical pixels.
+
+PyAV's options: `nonref` skips the frames no other frame references (about 40% of a typical
+H.264 webcam clip; samples move by up to a frame), `bidir` every B-frame (about 60%; samples
+move by up to three frames at 30 fps, which unevens the 5-fps flow steps). With
 `deblock=False` it also skips the in-loop deblocking filter (H.264 `skip_loop_filter`), about a
 fifth of the decoding work, at the price of faint block edges in the pixels. Both change the
 pixels, so the pipeline never uses them: only `predict --fast` does.
@@ -27,10 +30,110 @@ import cv2
 import numpy as np
 
 from stages.common import SkipClip
-from stages.extract_frames import TIME_TOLERANCE_S, Frames, fit_size
+from stages.preprocess.records import Frames
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+
+# Decoded timestamps are rounded to milliseconds; a frame this close before a target still counts.
+TIME_TOLERANCE_S = 1e-3
+
+
+# ---------------------------------------------------------------- sampling
+
+
+def sample_frames(video_path: str | Path, fps: float, max_side: int, threads: int = 0) -> Frames:
+    """Decode a video and keep the first frame at or after each multiple of 1/fps seconds.
+
+    `threads` are the decoder's (0: FFmpeg's choice). Raises SkipClip when the file is empty,
+    not a readable video, or yields no frames.
+    """
+    video_path = Path(video_path)
+    if not video_path.is_file():
+        raise SkipClip(f"missing video file {video_path.name}")
+    if video_path.stat().st_size == 0:
+        raise SkipClip("empty file (0 bytes)")
+    cap = cv2.VideoCapture(
+        str(video_path), cv2.CAP_FFMPEG, [cv2.CAP_PROP_N_THREADS, threads] if threads else []
+    )
+    try:
+        if not cap.isOpened():
+            raise SkipClip(_unopenable_reason(video_path))
+        meta_fps = cap.get(cv2.CAP_PROP_FPS)
+        expected = int(max(cap.get(cv2.CAP_PROP_FRAME_COUNT), 0))
+        kept, times = [], []
+        decoded, first_t, last_t, next_k = 0, None, 0.0, 0
+        source_size, out_size = (0, 0), (0, 0)
+        while cap.grab():
+            t = cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
+            decoded += 1
+            first_t = t if first_t is None else first_t
+            last_t = t
+            if t + TIME_TOLERANCE_S < next_k / fps:
+                continue
+            ok, image = cap.retrieve()
+            if not ok or image is None:
+                continue
+            if not kept:
+                source_size = (image.shape[1], image.shape[0])
+                out_size = fit_size(source_size, max_side)
+            kept.append(_to_rgb(image, out_size))
+            times.append(t)
+            next_k = int(np.floor((t + TIME_TOLERANCE_S) * fps)) + 1
+    finally:
+        cap.release()
+    if not kept:
+        raise SkipClip("no decodable frames (truncated or corrupt video)")
+    span = last_t - (first_t or 0.0)
+    source_fps = (decoded - 1) / span if decoded > 1 and span > 0 else float(meta_fps or 0.0)
+    return Frames(
+        frames=np.stack(kept),
+        timestamps=np.asarray(times, np.float64),
+        source_fps=float(source_fps),
+        source_size=source_size,
+        source_frames=decoded,
+        expected_frames=expected,
+    )
+
+
+def fit_size(size: tuple[int, int], max_side: int) -> tuple[int, int]:
+    """(width, height) scaled down so the longer side is at most max_side, aspect kept."""
+    width, height = size
+    scale = min(1.0, max_side / max(width, height)) if max_side > 0 else 1.0
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def _to_rgb(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    if image.ndim == 2 or image.shape[2] == 1:
+        image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    if (image.shape[1], image.shape[0]) != size:
+        image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def _unopenable_reason(path: Path) -> str:
+    with open(path, "rb") as f:
+        head = f.read(12)
+    if head[4:8] == b"ftyp":
+        return "cannot open: an mp4 whose index is missing or corrupt (truncated download?)"
+    return "cannot open: not a readable video file"
+
+
+def check_frames(frames: Frames, min_frames: int, min_coverage: float) -> None:
+    """Raise SkipClip for clips too short to use or visibly cut short of their own index."""
+    check_counts(len(frames.frames), frames.source_frames, frames.expected_frames, min_frames, min_coverage)
+
+
+def check_counts(sampled: int, decoded: int, expected: int, min_frames: int, min_coverage: float) -> None:
+    """check_frames on counts alone, so a stored clip can be rechecked without decoding it."""
+    if sampled < min_frames:
+        raise SkipClip(f"too short: {sampled} sampled frames, fewer than frames.min_frames={min_frames}")
+    if expected > 0 and decoded < min_coverage * expected:
+        raise SkipClip(f"truncated: decoded {decoded} of the {expected} frames its index lists")
+
+
+# ---------------------------------------------------------------- streamed decoding (PyAV)
 
 # Our names for FFmpeg's skip_frame (AVDiscard) settings.
 SKIP = {"none": "DEFAULT", "nonref": "NONREF", "bidir": "BIDIR"}
@@ -103,7 +206,7 @@ class SampledStream:
                     if not self.timestamps:
                         self.source_size = (frame.width, frame.height)
                         out_size = fit_size(self.source_size, self.max_side)
-                    image = _to_rgb(frame, out_size)
+                    image = _frame_to_rgb(frame, out_size)
                     self.timestamps.append(t)
                     next_k = int(np.floor((t + TIME_TOLERANCE_S) * fps)) + 1
                     self.seconds += time.perf_counter() - clock
@@ -199,7 +302,7 @@ def prefetch(items: Iterable[T], depth: int = 0) -> Iterator[T]:
         worker.join()
 
 
-def _to_rgb(frame: av.VideoFrame, size: tuple[int, int]) -> np.ndarray:
+def _frame_to_rgb(frame: av.VideoFrame, size: tuple[int, int]) -> np.ndarray:
     """One decoded frame as RGB uint8 at `size` (width, height), area-downscaled as extract-frames does.
 
     (Converting at full size and resizing with OpenCV is faster than swscale's area scaling, and

@@ -21,7 +21,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from stages.common import TRAITS, atomic_path
+from model.atomic import atomic_path
+from model.records import TRAITS
 
 log = logging.getLogger(__name__)
 

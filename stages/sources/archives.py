@@ -23,7 +23,8 @@ from typing import IO
 import requests
 import urllib3
 
-from stages.common import atomic_path, file_digest
+from model.atomic import atomic_path
+from stages.common import file_digest
 
 log = logging.getLogger(__name__)
 

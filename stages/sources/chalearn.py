@@ -17,9 +17,9 @@ from typing import Any
 
 import pandas as pd
 
-from stages.annotations import ANNOTATION_FILES, VIDEO_SUFFIX, annotation_frame, read_annotation
-from stages.archives import ArchiveError, ExtractStats, Route, download, extract_nested, verify_sha256
-from stages.common import SPLITS
+from model.records import SPLITS
+from stages.sources.annotations import ANNOTATION_FILES, VIDEO_SUFFIX, annotation_frame, read_annotation
+from stages.sources.archives import ArchiveError, ExtractStats, Route, download, extract_nested, verify_sha256
 
 log = logging.getLogger(__name__)
 

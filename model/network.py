@@ -404,7 +404,7 @@ class DualStreamNet(nn.Module):
         d, d_mask = (None, None) if enc.dynamic is None else (enc.dynamic.tokens, enc.dynamic.mask)
         attention = None
         if self.fusion is not None:
-            s, d, attention = self.fusion(s, d, d_mask, need_weights=True)
+            s, d, attention = self.fusion(s, d, d_mask, need_weights=return_attention)
         s_emb = None if s is None else masked_mean(s, None)
         d_emb = None if d is None else masked_mean(d, d_mask)
         if s_emb is not None and d_emb is not None:

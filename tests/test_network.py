@@ -94,6 +94,39 @@ def test_attention_sums_to_one_and_ignores_padding() -> None:
     torch.testing.assert_close(d2s.sum(-1), torch.ones(d2s.shape[:-1]))
 
 
+def test_attention_weights_are_computed_only_when_asked_for() -> None:
+    """Without return_attention the fusion asks MultiheadAttention for no weights (its fast path);
+    the predictions are the same either way."""
+    cfg = tiny_cfg()
+    model = build_model(cfg).eval()
+    asked: list[bool] = []
+    for layer in model.fusion.static_layers:
+        layer.attn.register_forward_pre_hook(
+            lambda _, args, kwargs: asked.append(kwargs["need_weights"]), with_kwargs=True
+        )
+    x = inputs(cfg, [5, 7])
+    with torch.no_grad():
+        plain, explained = model(*x), model(*x, return_attention=True)
+    assert asked == [False, True]
+    assert plain.attention is None and explained.attention
+    torch.testing.assert_close(plain.pred, explained.pred, atol=1e-6, rtol=1e-5)
+
+
+def test_encode_then_fuse_is_the_forward_pass() -> None:
+    cfg = tiny_cfg()
+    model = build_model(cfg).eval()
+    x = inputs(cfg, [4, 6])
+    with torch.no_grad():
+        enc = model.encode(*x)
+        assert enc.static.shape[0] == enc.dynamic.tokens.shape[0] == 2
+        torch.testing.assert_close(model.fuse(enc).pred, model(*x).pred)
+        one = model.encode(*(t[:1] for t in x)).expand(3)
+        assert one.static.shape[0] == one.dynamic.mask.shape[0] == 3
+        torch.testing.assert_close(
+            model.fuse(one).pred, model(*x).pred[:1].expand(3, -1), atol=1e-6, rtol=1e-5
+        )
+
+
 def test_gradients_reach_both_streams() -> None:
     cfg = tiny_cfg()
     model = build_model(cfg).train()

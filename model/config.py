@@ -114,6 +114,12 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def require(ok: bool, key: str, value: Any, allowed: str) -> None:
+    """Stop with the key, the value and what is allowed unless `ok`."""
+    if not ok:
+        raise ConfigError(f"{key}: {value!r} is not allowed; expected {allowed}")
+
+
 def _check(value: str, allowed: tuple[str, ...], what: str) -> None:
     if value not in allowed:
         raise ConfigError(f"{what}: {value!r} is not one of {allowed}")

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from model.config import require
 from model.records import Clip
 from stages.common import (
     ClipResult,
@@ -145,6 +146,17 @@ def stage_report(results: list[ClipResult], params: dict[str, Any]) -> dict[str,
     return report
 
 
+def check_params(section: dict[str, Any]) -> dict[str, Any]:
+    """The `faces` section, checked whole: AlignConfig's knobs, and the stage's own keys."""
+    AlignConfig.from_params(section)
+    workers = section.get("workers", 0)
+    require(isinstance(workers, int) and not isinstance(workers, bool) and workers >= 0, "faces.workers", workers,
+            "a count >= 0 (0: one per core)")  # fmt: skip
+    for key in ("frames_dir", "out_dir", "report", "device"):
+        require(isinstance(section.get(key, ""), str), f"faces.{key}", section.get(key), "a string")
+    return section
+
+
 def make_job(params: dict[str, Any], run: ShardRun, workers: int) -> Job:
     # This shard reads the frames of the same shard of extract-frames (both follow data/shards/<k>.csv);
     # the workers share the cores' TensorFlow threads.
@@ -153,7 +165,7 @@ def make_job(params: dict[str, Any], run: ShardRun, workers: int) -> Job:
 
 
 def main(argv: list[str] | None = None) -> None:
-    run_shard_stage("align_faces", "faces", process_clip, make_job, stage_report, argv)
+    run_shard_stage("align_faces", "faces", check_params, process_clip, make_job, stage_report, argv)
 
 
 if __name__ == "__main__":

@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from model.config import from_section
+from model.config import from_section, require
 from model.data import ClipDataset, collate, make_loader
-from model.records import TRAITS
+from model.records import SPLITS, TRAITS
 from model.training import load_checkpoint
 from stages.common import load_params, read_labels, resolve_workers, save_npz, setup_logging, write_json
 from stages.evaluate import split_dataset
@@ -51,7 +51,12 @@ class AnalyzeConfig:
 
     @classmethod
     def from_params(cls, d: dict[str, Any] | None) -> AnalyzeConfig:
-        return from_section(cls, d, "analyze")
+        cfg = from_section(cls, d, "analyze")
+        require(cfg.split in SPLITS, "analyze.split", cfg.split, f"one of {list(SPLITS)}")
+        for key in ("batch_size", "occlusion_clips", "occlusion_cells", "flow_steps"):
+            require(getattr(cfg, key) >= 1, f"analyze.{key}", getattr(cfg, key), "a whole number >= 1")
+        require(cfg.flow_clips >= 0, "analyze.flow_clips", cfg.flow_clips, "a count >= 0")
+        return cfg
 
 
 def mean_baseline(

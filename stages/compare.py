@@ -30,7 +30,7 @@ import yaml
 from model import metrics
 from model.atomic import atomic_path
 from model.records import TRAITS
-from stages.common import load_params, setup_logging, write_json
+from stages.common import load_params, read_table, setup_logging, write_json
 from stages.report.tables import write_table
 
 log = logging.getLogger(__name__)
@@ -86,7 +86,7 @@ def read_runs(root: Path) -> list[Run]:
     """Every <root>/<variant>/seed<k>/predictions.csv."""
     runs = []
     for path in sorted(root.glob(f"*/seed*/{PREDICTIONS}")):
-        frame = pd.read_csv(path, dtype={"clip": str}).drop_duplicates("clip").set_index("clip")
+        frame = read_table(path).drop_duplicates("clip").set_index("clip")
         runs.append(Run(path.parent.parent.name, path.parent.name.removeprefix("seed"), frame))
     return runs
 

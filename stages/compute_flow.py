@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from model.config import from_section, require
 from model.records import SPLITS, Clip
 from stages.common import (
     ClipResult,
@@ -22,14 +23,21 @@ from stages.common import (
     SkipClip,
     discard_on_failure,
     file_digest,
-    load_params,
     output_key,
     run_shard_stage,
     shard_root,
     stored_key,
     summarize,
 )
-from stages.preprocess.flow import HIST_BINS, Estimator, clip_flow, estimator_from, magnitude_stats
+from stages.preprocess.flow import (
+    DIS_PRESETS,
+    HIST_BINS,
+    METHODS,
+    Estimator,
+    clip_flow,
+    estimator_from,
+    magnitude_stats,
+)
 from stages.preprocess.storage import load_flow, read_faces, save_flow
 
 # Params that change what an output holds; paths, workers and validation thresholds do not.
@@ -44,12 +52,48 @@ KEY_PARAMS = (
 )
 
 
+@dataclass(frozen=True)
+class FlowParams:
+    """The params section `flow`, checked whole before any clip."""
+
+    method: str = "farneback"
+    size: int = 56
+    bound: float = 4.0
+    farneback_levels: int = 3
+    farneback_winsize: int = 5
+    farneback_iterations: int = 3
+    dis_preset: str = "medium"
+    min_frames: int = 2
+    faces_dir: str = "data/faces"
+    out_dir: str = "data/flow"
+    report: str = "reports/data/flow.json"
+    workers: int = 0
+
+    @classmethod
+    def from_params(cls, section: dict[str, Any] | None) -> FlowParams:
+        p = from_section(cls, section, "flow")
+        require(p.method in METHODS, "flow.method", p.method, f"one of {list(METHODS)}")
+        require(p.size >= 8, "flow.size", p.size, "pixels >= 8")
+        require(p.bound > 0, "flow.bound", p.bound, "pixels > 0 (flow is clipped to +-bound)")
+        for key in ("farneback_levels", "farneback_winsize", "farneback_iterations"):
+            require(getattr(p, key) >= 1, f"flow.{key}", getattr(p, key), "a whole number >= 1")
+        require(p.dis_preset in DIS_PRESETS, "flow.dis_preset", p.dis_preset, f"one of {sorted(DIS_PRESETS)}")
+        require(p.min_frames >= 2, "flow.min_frames", p.min_frames, "a count >= 2 (flow needs two faces)")
+        require(p.workers >= 0, "flow.workers", p.workers, "a count >= 0 (0: one per core)")
+        estimator_from(asdict(p))  # a method this OpenCV lacks fails here too
+        return p
+
+    def key(self) -> dict[str, Any]:
+        """What an output is made from, besides its faces (paths, workers and thresholds are not)."""
+        return {k: getattr(self, k) for k in KEY_PARAMS}
+
+
 @dataclass
 class Job:
     """What every clip of the run needs: the `flow` params, the shard's folders, and the estimator,
     built once per worker process on first use (OpenCV's estimators do not pickle)."""
 
-    params: dict[str, Any]
+    params: FlowParams
     faces_dir: str
     out_dir: str
     _estimator: list[Estimator] = field(default_factory=list, repr=False)
@@ -57,7 +101,7 @@ class Job:
     @property
     def estimator(self) -> Estimator:
         if not self._estimator:
-            self._estimator.append(estimator_from(self.params))
+            self._estimator.append(estimator_from(asdict(self.params)))
         return self._estimator[0]
 
     def __getstate__(self) -> dict[str, Any]:
@@ -78,18 +122,18 @@ def _flow(clip: Clip, out: Path, job: Job) -> ClipResult:
     source = clip.path(job.faces_dir)
     if not source.is_file():
         raise SkipClip("no aligned faces (align-faces left this clip out)")
-    key = output_key({k: p[k] for k in KEY_PARAMS}, source)
+    key = output_key(p.key(), source)
     if stored_key(out) == key:
         flow = load_flow(out)
-        if len(flow.valid) + 1 < max(2, p["min_frames"]):
-            raise SkipClip(f"too short: {len(flow.valid) + 1} faces, fewer than {max(2, p['min_frames'])}")
-        stats = magnitude_stats(flow, p["bound"])
+        if len(flow.valid) + 1 < p.min_frames:
+            raise SkipClip(f"too short: {len(flow.valid) + 1} faces, fewer than {p.min_frames}")
+        stats = magnitude_stats(flow, p.bound)
         return ClipResult(clip.name, clip.split, "cached", stats=stats, digest=file_digest(out))
     start = time.perf_counter()
-    faces, valid = read_faces(source, p["min_frames"])
-    flow = clip_flow(faces, job.estimator, p["size"], p["bound"], valid)
+    faces, valid = read_faces(source, p.min_frames)
+    flow = clip_flow(faces, job.estimator, p.size, p.bound, valid)
     save_flow(out, flow, key)
-    stats = magnitude_stats(flow, p["bound"]) | {"seconds": round(time.perf_counter() - start, 3)}
+    stats = magnitude_stats(flow, p.bound) | {"seconds": round(time.perf_counter() - start, 3)}
     return ClipResult(clip.name, clip.split, "done", stats=stats, digest=file_digest(out))
 
 
@@ -124,12 +168,13 @@ def stage_report(results: list[ClipResult], params: dict[str, Any]) -> dict[str,
 
 def make_job(params: dict[str, Any], run: ShardRun, workers: int) -> Job:
     # This shard reads the faces of the same shard of align-faces (both follow data/shards/<k>.csv).
-    return Job(params, str(shard_root(params["faces_dir"], run.shard)), str(run.out_dir))
+    return Job(
+        FlowParams.from_params(params), str(shard_root(params["faces_dir"], run.shard)), str(run.out_dir)
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
-    estimator_from(load_params("flow"))  # a method this OpenCV lacks fails here, before any clip
-    run_shard_stage("compute_flow", "flow", flow_clip, make_job, stage_report, argv)
+    run_shard_stage("compute_flow", "flow", FlowParams.from_params, flow_clip, make_job, stage_report, argv)
 
 
 if __name__ == "__main__":

@@ -17,18 +17,21 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from model.atomic import atomic_path
+from model.atomic import atomic_path, is_temporary
+from model.config import ConfigError, require
 from model.records import LABEL_COLUMNS, SPLITS, Clip
 from stages.common import (
     ClipResult,
     SkipClip,
     load_params,
+    remove_partials,
     resolve_workers,
     run_clips,
     setup_logging,
     write_json,
 )
-from stages.sources.chalearn import EXPECTED_COUNTS, Problem, prepare_chalearn
+from stages.sources.chalearn import EXPECTED_COUNTS, ChalearnParams, Problem, prepare_chalearn
+from stages.sources.synthetic import SyntheticConfig
 
 log = logging.getLogger(__name__)
 
@@ -104,11 +107,12 @@ def check_labels(labels: pd.DataFrame) -> tuple[pd.DataFrame, list[Problem]]:
 
 
 def find_videos(videos_dir: str | Path) -> dict[Clip, Path]:
-    """Every videos_dir/<split>/<clip>.mp4."""
+    """Every videos_dir/<split>/<clip>.mp4 (hidden files, such as a killed run's temporary ones, are not clips)."""
     found = {}
     for split in SPLITS:
         for path in sorted((Path(videos_dir) / split).glob("*.mp4")):
-            found[Clip(path.stem, split)] = path
+            if not path.name.startswith(".") and not is_temporary(path):
+                found[Clip(path.stem, split)] = path
     return found
 
 
@@ -212,10 +216,41 @@ def write_csv(path: Path, frame: pd.DataFrame) -> None:
 # ---------------------------------------------------------------- the stage
 
 
+def check_data_params(cfg: dict[str, Any]) -> None:
+    """The whole `data` section, checked before anything is generated, fetched or removed."""
+    known = {"source", "seed", "workers", "raw_dir", "report", "synthetic", "chalearn"}
+    unknown = sorted(set(cfg) - known)
+    require(not unknown, "data", unknown, f"no unknown params; known: {sorted(known)}")
+    require(
+        cfg.get("source") in ("synthetic", "chalearn"),
+        "data.source",
+        cfg.get("source"),
+        "synthetic or chalearn",
+    )
+    for key in ("seed", "workers"):
+        value = cfg.get(key, 0)
+        require(
+            isinstance(value, int) and not isinstance(value, bool) and value >= 0,
+            f"data.{key}",
+            value,
+            "a whole number >= 0",
+        )
+    for key in ("raw_dir", "report"):
+        require(isinstance(cfg.get(key), str) and bool(cfg.get(key)), f"data.{key}", cfg.get(key), "a path")
+    SyntheticConfig.from_params(cfg.get("synthetic"))
+    ChalearnParams.from_params(cfg.get("chalearn"))
+
+
 def main() -> None:
     log = setup_logging("download_verify")
     cfg = load_params("data")
+    try:
+        check_data_params(cfg)
+    except ConfigError as exc:
+        raise SystemExit(f"download_verify: {exc}") from None
     start = time.perf_counter()
+    if Path(cfg["raw_dir"]).is_dir():  # what a killed run was writing: never taken for a clip
+        log.info("removed %d temporary files a killed run left", remove_partials(cfg["raw_dir"]))
     raw_dir = Path(cfg["raw_dir"])
     videos_dir = raw_dir / "videos"
     source = cfg["source"]

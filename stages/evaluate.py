@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 
 from model import metrics
-from model.config import DataConfig, from_section
+from model.config import DataConfig, from_section, require
 from model.data import ClipDataset, make_loader
 from model.inference import Inference, predict
 from model.network import DualStreamNet
@@ -65,7 +65,12 @@ class EvalConfig:
 
     @classmethod
     def from_params(cls, d: dict[str, Any]) -> EvalConfig:
-        return from_section(cls, d, "evaluate")
+        cfg = from_section(cls, d, "evaluate")
+        require(cfg.batch_size >= 1, "evaluate.batch_size", cfg.batch_size, "a whole number >= 1")
+        require(cfg.n_resamples >= 1, "evaluate.n_resamples", cfg.n_resamples, "a whole number >= 1")
+        require(0 < cfg.confidence < 1, "evaluate.confidence", cfg.confidence, "a level in (0, 1)")
+        require(cfg.attention_clips >= 0, "evaluate.attention_clips", cfg.attention_clips, "a count >= 0")
+        return cfg
 
     @property
     def bootstrap(self) -> metrics.BootstrapConfig:

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from model.config import from_section, require
 from model.records import Clip
 from stages.common import (
     ClipResult,
@@ -26,18 +27,54 @@ from stages.common import (
     stored_key,
     summarize,
 )
-from stages.preprocess.storage import save_frames, stored_counts
-from stages.preprocess.video import check_counts, check_frames, sample_frames
+from stages.preprocess.records import Frames
+from stages.preprocess.storage import CODECS, encode_stream, save_encoded, stored_counts
+from stages.preprocess.video import FrameSampler, check_counts
 
 # Params that change what an output holds; paths, workers and validation thresholds do not.
 KEY_PARAMS = ("fps", "max_side", "codec", "quality")
 
 
 @dataclass(frozen=True)
+class FramesParams:
+    """The params section `frames`, checked whole before any clip."""
+
+    fps: float = 5.0
+    max_side: int = 640
+    codec: str = "jpeg"
+    quality: int = 70
+    min_frames: int = 8
+    min_coverage: float = 0.9
+    max_seconds: float = 60.0
+    labels: str = "data/raw/labels.csv"
+    videos_dir: str = "data/raw/videos"
+    out_dir: str = "data/frames"
+    report: str = "reports/data/frames.json"
+    workers: int = 0
+
+    @classmethod
+    def from_params(cls, section: dict[str, Any] | None) -> FramesParams:
+        p = from_section(cls, section, "frames")
+        require(p.fps > 0, "frames.fps", p.fps, "a rate > 0 (frames per second)")
+        require(p.max_side >= 0, "frames.max_side", p.max_side, "pixels >= 0 (0 keeps the size)")
+        require(p.codec in CODECS, "frames.codec", p.codec, f"one of {sorted(CODECS)}")
+        require(1 <= p.quality <= 100, "frames.quality", p.quality, "an encoder quality in 1..100")
+        require(p.min_frames >= 1, "frames.min_frames", p.min_frames, "a count >= 1")
+        require(0.0 <= p.min_coverage <= 1.0, "frames.min_coverage", p.min_coverage, "a fraction in [0, 1]")
+        require(p.max_seconds >= 0, "frames.max_seconds", p.max_seconds, "seconds >= 0 (0: no limit)")
+        require(p.workers >= 0, "frames.workers", p.workers, "a count >= 0 (0: one per core)")
+        return p
+
+    def key(self) -> dict[str, Any]:
+        """What an output is made from, besides its video (paths, workers and thresholds are not)."""
+        return {k: getattr(self, k) for k in KEY_PARAMS}
+
+
+@dataclass(frozen=True)
 class Job:
     """What every clip of the run needs: the `frames` params, the shard's folders, decoder threads."""
 
-    params: dict[str, Any]
+    params: FramesParams
     out_dir: str
     decode_threads: int
 
@@ -53,25 +90,37 @@ def extract_clip(clip: Clip, job: Job) -> ClipResult:
 
 def _extract(clip: Clip, out: Path, job: Job) -> ClipResult:
     p = job.params
-    video = clip.path(p["videos_dir"], ".mp4")
+    video = clip.path(p.videos_dir, ".mp4")
     if not video.is_file():
         raise SkipClip(f"missing video file {video}")
-    key = output_key({k: p[k] for k in KEY_PARAMS}, video)
+    key = output_key(p.key(), video)
     counts = _cached_counts(out, key)
     if counts is not None:
         sampled, decoded, expected = counts
-        check_counts(sampled, decoded, expected, p["min_frames"], p["min_coverage"])
+        check_counts(sampled, decoded, expected, p.min_frames, p.min_coverage)
         stats = {"frames": sampled, "bytes": out.stat().st_size}
         return ClipResult(clip.name, clip.split, "cached", stats=stats, digest=file_digest(out))
     start = time.perf_counter()
-    frames = sample_frames(video, p["fps"], p["max_side"], job.decode_threads)
-    check_frames(frames, p["min_frames"], p["min_coverage"])
-    save_frames(out, frames, p["codec"], p["quality"], key)
+    # Each kept frame is encoded as it is decoded: a clip holds its encoded bytes only.
+    sampler = FrameSampler(video, p.fps, p.max_side, job.decode_threads, p.max_seconds)
+    data, offsets, times = encode_stream(sampler, p.codec, p.quality)
+    if not len(times):
+        raise SkipClip("no decodable frames (truncated or corrupt video)")
+    check_counts(len(times), sampler.decoded, sampler.expected, p.min_frames, p.min_coverage)
+    info = Frames(
+        np.zeros((0, 1, 1, 3), np.uint8),
+        times,
+        sampler.source_fps,
+        sampler.source_size,
+        sampler.decoded,
+        sampler.expected,
+    )
+    save_encoded(out, data, offsets, p.codec, info, key)
     stats = {
-        "frames": len(frames.frames),
+        "frames": len(times),
         "bytes": out.stat().st_size,
         "seconds": round(time.perf_counter() - start, 3),
-        "source_fps": round(frames.source_fps, 3),
+        "source_fps": round(sampler.source_fps, 3),
     }
     return ClipResult(clip.name, clip.split, "done", stats=stats, digest=file_digest(out))
 
@@ -103,13 +152,15 @@ def stage_report(results: list[ClipResult], params: dict[str, Any]) -> dict[str,
     return report
 
 
-def make_job(params: dict[str, Any], run: ShardRun, workers: int) -> Job:
+def make_job(params: FramesParams, run: ShardRun, workers: int) -> Job:
     # Parallel clips already fill the cores: one decoder thread each avoids oversubscription.
     return Job(params, str(run.out_dir), 1 if workers > 1 else 0)
 
 
 def main(argv: list[str] | None = None) -> None:
-    run_shard_stage("extract_frames", "frames", extract_clip, make_job, stage_report, argv)
+    run_shard_stage(
+        "extract_frames", "frames", FramesParams.from_params, extract_clip, make_job, stage_report, argv
+    )
 
 
 if __name__ == "__main__":

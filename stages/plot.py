@@ -16,13 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from model.atomic import atomic_path
-from model.config import from_section
+from model.config import from_section, require
+from model.records import SPLITS
 from stages import compare
 from stages.common import (
     load_params,
+    read_table,
     setup_logging,
     write_json,
 )
@@ -65,7 +66,16 @@ class PlotConfig:
 
     @classmethod
     def from_params(cls, d: dict[str, Any]) -> PlotConfig:
-        return from_section(cls, d, "plot")
+        cfg = from_section(cls, d, "plot")
+        require(cfg.split in SPLITS, "plot.split", cfg.split, f"one of {list(SPLITS)}")
+        require(cfg.dpi >= 50, "plot.dpi", cfg.dpi, "dots per inch >= 50")
+        require(cfg.attention_clips >= 0, "plot.attention_clips", cfg.attention_clips, "a count >= 0")
+        require(cfg.tsne_min_clips >= 2, "plot.tsne_min_clips", cfg.tsne_min_clips, "a count >= 2")
+        require(cfg.tsne_perplexity > 0, "plot.tsne_perplexity", cfg.tsne_perplexity, "a number > 0")
+        require(cfg.n_resamples >= 1, "plot.n_resamples", cfg.n_resamples, "a whole number >= 1")
+        for key in ("confidence", "alpha"):
+            require(0 < getattr(cfg, key) < 1, f"plot.{key}", getattr(cfg, key), "a level in (0, 1)")
+        return cfg
 
 
 # ---------------------------------------------------------------- sections
@@ -84,7 +94,7 @@ def curves_section(ctx: Context) -> None:
 
 def predictions_section(ctx: Context) -> None:
     split = ctx.cfg.split
-    pred = pd.read_csv(need(Path(ctx.cfg.predictions_dir) / f"{split}.csv"), dtype={"clip": str})
+    pred = read_table(need(Path(ctx.cfg.predictions_dir) / f"{split}.csv"))
     ctx.figure(
         figures.prediction_scatter(pred),
         f"scatter_{split}",

@@ -34,12 +34,13 @@ import torch
 from tqdm import tqdm
 
 from model.atomic import atomic_path
-from model.config import DataConfig, from_section
+from model.config import ConfigError, DataConfig, from_section, require
 from model.data import Batch, clip_arrays, collate, frame_indices, make_sample
 from model.training import load_checkpoint, resolve_device
 from stages.common import SkipClip, load_params, setup_logging
 from stages.preprocess.clip import ClipFeatures, ClipPreprocessor, FastConfig, Preprocess
 from stages.preprocess.records import Frames
+from stages.preprocess.video import SKIP
 from stages.report.attention_maps import face_attention, overlay_png
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,21 @@ class PredictParams:
             section = load_params("predict", path)
         except (OSError, KeyError):
             return cls()
-        return from_section(cls, section, "predict")
+        return cls.from_section(section)
+
+    @classmethod
+    def from_section(cls, section: dict[str, Any] | None) -> PredictParams:
+        """The `predict` section, checked whole."""
+        p = from_section(cls, section, "predict")
+        require(p.fast_skip in SKIP, "predict.fast_skip", p.fast_skip, f"one of {sorted(SKIP)}")
+        require(p.fast_detections >= 2, "predict.fast_detections", p.fast_detections, "a count >= 2")
+        require(
+            p.fast_max_detections >= p.fast_detections, "predict.fast_max_detections", p.fast_max_detections,
+            "a count >= fast_detections",
+        )  # fmt: skip
+        require(p.fast_tolerance > 0, "predict.fast_tolerance", p.fast_tolerance, "face sides > 0")
+        require(p.threads >= 0, "predict.threads", p.threads, "a count >= 0 (0: the libraries' defaults)")
+        return p
 
     def fast_config(self) -> FastConfig:
         return FastConfig(
@@ -118,11 +133,13 @@ def model_batch(features: ClipFeatures, data_cfg: DataConfig, name: str = "clip"
 
 
 def expand_inputs(items: Iterable[str | Path]) -> list[Path]:
-    """Paths as given; a directory becomes its .mp4 files (sorted, case-insensitive suffix)."""
+    """Paths as given; a directory becomes its .mp4 files (sorted, case-insensitive suffix), a link
+    whose target is gone included, so that it is reported rather than silently dropped."""
     out: list[Path] = []
     for item in map(Path, items):
         if item.is_dir():
-            out.extend(sorted(p for p in item.iterdir() if p.suffix.lower() == ".mp4" and p.is_file()))
+            listed = (p for p in item.iterdir() if p.suffix.lower() == ".mp4" and not p.name.startswith("."))
+            out.extend(sorted(p for p in listed if p.is_file() or p.is_symlink()))
         else:
             out.append(item)
     return out
@@ -322,7 +339,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command; returns the exit status (0 all predicted, 1 some clip failed, 2 no model)."""
     probe = argparse.ArgumentParser(add_help=False)
     probe.add_argument("--params", default="params.yaml")
-    params = PredictParams.load(probe.parse_known_args(argv)[0].params)
+    try:
+        params = PredictParams.load(probe.parse_known_args(argv)[0].params)
+    except ConfigError as exc:
+        print(f"predict: {exc}", file=sys.stderr)
+        return 2
     args = parse_args(argv, params)
     logger = setup_logging("predict")
     videos = expand_inputs(args.clips)

@@ -19,6 +19,7 @@ import pandas as pd
 from model.atomic import atomic_path
 from model.records import Clip
 from stages.common import (
+    SHARD_LIST_COLUMNS,
     ClipResult,
     Shards,
     file_digest,
@@ -33,7 +34,7 @@ from stages.common import (
 
 log = logging.getLogger(__name__)
 
-MANIFEST_COLUMNS = ("clip", "split", "video_sha256")
+MANIFEST_COLUMNS = SHARD_LIST_COLUMNS
 
 
 def _digest_video(clip: Clip, videos_dir: Path) -> ClipResult:

@@ -21,7 +21,7 @@ HEAD_ROWS = slice(10, 250)
 HEAD_COLS = slice(110, 330)
 
 # Cases that extract-frames must skip, and those it must process (align-faces then drops no_face).
-UNREADABLE = ("zero_byte", "truncated", "truncated_indexed", "text")
+UNREADABLE = ("zero_byte", "truncated", "truncated_indexed", "text", "audio_only")
 TOO_SHORT = ("one_frame",)
 READABLE = ("good", "no_face", "grayscale", "portrait", "non_ascii", "variable_fps")
 NON_ASCII_NAME = "clip_éü_名前"
@@ -162,7 +162,25 @@ def make_bad_clips(directory: Path, seconds: float = 2.0) -> dict[str, Path]:
     whole = indexed.read_bytes()
     indexed.write_bytes(whole[: len(whole) // 2])
     clips.update(zero_byte=zero, text=text, truncated=truncated, truncated_indexed=indexed)
+    clips["audio_only"] = write_audio_only(directory / "audio_only.mp4", seconds)
     return clips
+
+
+def write_audio_only(path: Path, seconds: float = 1.0, rate: int = 16000) -> Path:
+    """An mp4 with one silent AAC audio stream and no video: what a voice memo looks like."""
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("aac", rate=rate)
+        stream.layout = "mono"
+        for i in range(max(1, round(seconds * rate / 1024))):
+            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+            frame.rate, frame.pts = rate, i * 1024
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    return path
 
 
 def _paste(frame: np.ndarray, patch: np.ndarray, x0: int, y0: int) -> None:

@@ -81,3 +81,28 @@ def test_clip_missing_from_one_trait_gets_nan():
     assert list(frame.columns) == ["clip", "split", *LABEL_COLUMNS]
     assert np.isnan(frame.loc[1, "openness"]) and frame.loc[1, "agreeableness"] == 0.25
     assert (frame["split"] == "val").all()
+
+
+def _dtype_bomb() -> bytes:
+    """numpy.dtype of a 2.9 GB subarray, then a scalar of it: what a 65-byte pickle could allocate."""
+    return (
+        b"\x80\x02cnumpy\ndtype\nq\x00X\x02\x00\x00\x00V8q\x01K\x00K\x01\x87q\x02Rq\x03"
+        b"cnumpy.core.multiarray\nscalar\nq\x04h\x03C\x00\x86q\x05Rq\x06."
+    )
+
+
+def test_a_pickle_cannot_make_numpy_allocate_beyond_a_scalar():
+    with pytest.raises(UnsafePickleError, match="dtype 'V8'"):
+        load_annotation(_dtype_bomb())
+
+
+def test_a_trait_mapped_to_a_list_or_text_is_an_annotation_error():
+    base = {c: {"a.000.mp4": 0.5} for c in LABEL_COLUMNS}
+    with pytest.raises(AnnotationError, match="maps openness to a list"):
+        load_annotation(pickle.dumps({**base, "openness": [0.1, 0.2]}, protocol=2))
+    with pytest.raises(AnnotationError, match="not a number"):
+        load_annotation(pickle.dumps({**base, "neuroticism": {"a.000.mp4": "high"}}, protocol=2))
+    with pytest.raises(AnnotationError, match="exceeds the limit"):
+        load_annotation(b"\x80\x02" + bytes(9 << 20))
+    with pytest.raises(AnnotationError, match="cannot be read"):
+        load_annotation(b"\x80\x02(truncated")

@@ -196,3 +196,79 @@ def test_keep_going_records_a_bad_inner_zip_and_extracts_the_rest(tmp_path):
     assert (tmp_path / "out" / "b.mp4").read_bytes() == b"B"
     assert len(stats.failed) == 1 and "a80_01.zip" in stats.failed[0]
     assert stats.written == 1
+
+
+def _keep(member: str) -> str:
+    return member
+
+
+def test_the_password_never_reaches_a_command_line(tmp_path, monkeypatch):
+    if shutil.which("unzip") is None:
+        pytest.skip("the unzip tool is absent")
+    seen: list[tuple[list[str], dict | None]] = []
+    real = archives.subprocess.Popen
+
+    def spy(args, *rest, **kwargs):
+        seen.append((list(args), kwargs.get("env")))
+        return real(args, *rest, **kwargs)
+
+    monkeypatch.setattr(archives.subprocess, "Popen", spy)
+    archive = tmp_path / "e.zip"
+    archive.write_bytes(encrypted_zip({"clip.000.mp4": b"video bytes" * 10}, "s3cret-pass"))
+    extract_nested(
+        archive, tmp_path / "out", route=_keep, passwords=["s3cret-pass"], max_member_bytes=1 << 20
+    )
+    assert (tmp_path / "out" / "clip.000.mp4").read_bytes() == b"video bytes" * 10
+    assert seen, "the encrypted member went through unzip"
+    for args, env in seen:
+        assert not any("s3cret-pass" in a for a in args) and (env is None or "s3cret-pass" not in str(env))
+
+
+def test_zips_nested_too_deep_are_a_reported_failure(tmp_path):
+    data = plain_zip({"clip.000.mp4": b"v"})
+    for level in range(archives.MAX_DEPTH + 3):
+        data = plain_zip({f"level{level}.zip": data})
+    archive = tmp_path / "deep.zip"
+    archive.write_bytes(data)
+    stats = extract_nested(archive, tmp_path / "out", route=_keep, max_member_bytes=1 << 20, keep_going=True)
+    assert len(stats.failed) == 1 and "nested more than 8 deep" in stats.failed[0]
+    with pytest.raises(ArchiveError, match="nested more than 8 deep"):
+        extract_nested(archive, tmp_path / "out", route=_keep, max_member_bytes=1 << 20)
+
+
+def test_a_member_inflating_like_a_bomb_is_refused(tmp_path):
+    archive = tmp_path / "bomb.zip"
+    archive.write_bytes(plain_zip({"clip.000.mp4": bytes(4 << 20)}))  # 4 MB of zeros deflate to ~4 KB
+    with pytest.raises(ArchiveError, match="more than 100 times"):
+        extract_nested(archive, tmp_path / "out", route=_keep, max_member_bytes=8 << 20)
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_total_written_is_bounded(tmp_path):
+    archive = tmp_path / "many.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as zf:
+        for i in range(5):
+            zf.writestr(f"clip.{i:03d}.mp4", os.urandom(1 << 20))
+    with pytest.raises(ArchiveError, match="in all"):
+        extract_nested(
+            archive,
+            tmp_path / "out",
+            route=_keep,
+            max_member_bytes=2 << 20,
+            max_total_bytes=3 << 20,
+            keep_going=True,
+        )
+    assert len(list((tmp_path / "out").glob("*.mp4"))) == 3
+
+
+def test_temporary_inner_zips_are_hidden_and_a_rerun_removes_a_killed_runs(tmp_path):
+    leftover = tmp_path / "tmp" / f".abcd1234{archives.TMP_MARK}.zip"
+    leftover.parent.mkdir()
+    leftover.write_bytes(b"half an inner zip")
+    mine = tmp_path / "tmp" / "notes.zip"
+    mine.write_bytes(b"not ours")
+    archive = tmp_path / "outer.zip"
+    archive.write_bytes(plain_zip({"inner.zip": plain_zip({"clip.000.mp4": b"v"})}))
+    extract_nested(archive, tmp_path / "out", route=_keep, max_member_bytes=1 << 20, tmp_dir=tmp_path / "tmp")
+    assert sorted(p.name for p in (tmp_path / "tmp").iterdir()) == ["notes.zip"]
+    assert (tmp_path / "out" / "clip.000.mp4").read_bytes() == b"v"

@@ -14,8 +14,10 @@ from stages.sources.archives import ChecksumError
 from stages.sources.chalearn import (
     EXPECTED_COUNTS,
     ArchiveRecord,
+    ManifestEntry,
     archive_split,
     load_labels,
+    locate_archives,
     passwords_from,
     prepare_chalearn,
     read_manifest,
@@ -201,3 +203,22 @@ def test_annotation_zip_is_read(tmp_path):
     labels, _ = load_labels([record], None, tmp_path / "work", passwords=[], max_member_bytes=1 << 20)
     assert labels[["clip", "split"]].values.tolist() == [["a.000", "train"]]
     assert labels.loc[0, "openness"] == pytest.approx(0.3)
+
+
+def test_a_finished_download_that_fails_its_checksum_is_fetched_once_more(tmp_path):
+    good = b"the real archive bytes" * 50
+    download_dir = tmp_path / "downloads"
+    download_dir.mkdir()
+    (download_dir / "train-1.zip").write_bytes(b"a finished download, altered since")
+    state = ServerState({"/fi/train-1.zip": good})
+    with range_server(state) as url:
+        entry = ManifestEntry("train-1.zip", f"{url}/fi/train-1.zip", hashlib.sha256(good).hexdigest())
+        (record,) = locate_archives([entry], None, download_dir, timeout_s=5, retries=1)
+        assert record.checked and (download_dir / "train-1.zip").read_bytes() == good
+        assert len(state.ranges) == 1  # fetched once more, from scratch
+        state.files["/fi/train-1.zip"] = b"the server serves something else"
+        (download_dir / "train-1.zip").unlink()
+        (download_dir / "train-1.zip").write_bytes(b"stale")
+        with pytest.raises(ChecksumError, match=r"train-1\.zip"):
+            locate_archives([entry], None, download_dir, timeout_s=5, retries=1)
+        assert len(state.ranges) == 2  # once more, then the mismatch is final

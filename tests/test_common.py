@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import time
 from pathlib import Path
 
 import numpy as np
@@ -11,11 +14,13 @@ import pytest
 from model.atomic import TMP_MARK
 from model.records import Clip
 from stages.common import (
+    ClipResult,
     Shards,
     clip_file,
     parse_shard,
     prepare_outputs,
     remove_stale_shards,
+    run_clips,
     save_npz,
     shard_of,
     shard_report,
@@ -27,12 +32,19 @@ def test_prepare_outputs_removes_partials_and_clips_no_longer_listed(tmp_path: P
     pd.DataFrame({"clip": ["a.000", "b.001"], "split": ["train", "val"]}).to_csv(labels, index=False)
     out = tmp_path / "out"
     for split, name in (("train", "a.000"), ("test", "gone.002")):
-        save_npz(out / split / f"{name}.npz", x=np.zeros(1))
-    (out / "train" / f"a.000.npz.x{TMP_MARK}.npz").write_bytes(b"half")
+        save_npz(out / split / f"{name}.npz", x=np.zeros(1), key=np.str_("k"))
+    (out / "train" / f".ab12cd34{TMP_MARK}").write_bytes(b"half")  # a killed run's temporary file
+    (out / "train" / f"a.000.npz.ab12cd34{TMP_MARK}.npz").write_bytes(b"half")  # an earlier version's
+    save_npz(out / "test" / "mine.npz", x=np.zeros(1))  # not a stage output: no key
+    (out / "test" / "notes.partial.txt").write_text("a user's file")
     clips, removed, pruned = prepare_outputs(labels, out)
     assert [c.name for c in clips] == ["a.000", "b.001"]
-    assert (removed, pruned) == (1, 1)
-    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.npz")) == ["train/a.000.npz"]
+    assert (removed, pruned) == (2, 1)
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == [
+        "test/mine.npz",
+        "test/notes.partial.txt",
+        "train/a.000.npz",
+    ]
     assert prepare_outputs(labels, tmp_path / "absent")[1:] == (0, 0)
 
 
@@ -57,8 +69,10 @@ def test_shards_from_params_need_ids_zero_to_n_minus_one() -> None:
     for bad in ([1], [0, 2], [], [1, 0]):
         with pytest.raises(ValueError, match=r"0\.\.N-1"):
             Shards.from_params({"ids": bad})
-    with pytest.raises(ValueError, match="must be a list"):
+    with pytest.raises(ValueError, match=r"expected a list"):
         Shards.from_params({"ids": 4})  # a count where the list belongs
+    with pytest.raises(ValueError, match=r"shards\.workers: -1"):
+        Shards.from_params({"workers": -1})
     assert parse_shard(["--shard", "2"], shards) == 2 and parse_shard(None, shards) == 0
     with pytest.raises(SystemExit):
         parse_shard(["--shard", "3"], shards)
@@ -79,10 +93,47 @@ def test_clip_file_finds_a_clip_in_whichever_shard_holds_it(tmp_path: Path) -> N
 
 
 def test_remove_stale_shards_keeps_only_current_shards(tmp_path: Path) -> None:
-    for folder in ("0/train", "1/val", "2/test", "train", "notes"):
+    for folder in ("0/train", "1/val", "notes"):
         (tmp_path / folder).mkdir(parents=True)
-    for name in ("0.json", "3.json", "x.json"):
-        (tmp_path / name).write_text("{}")
-    assert remove_stale_shards(tmp_path, 2) == 3  # folder 2, 3.json and the unsharded train/
+    for path in ("0/train/a.npz", "2/test/b.npz", "train/c.npz"):
+        save_npz(tmp_path / path, x=np.zeros(1), key=np.str_("k"))
+    for name in ("0.json", "3.json"):
+        (tmp_path / name).write_text('{"shard": 0, "results": []}')
+    (tmp_path / "x.json").write_text("{}")
+    assert remove_stale_shards(tmp_path, 2) == 3  # shard 2's output, 3.json and the unsharded train/c.npz
     assert sorted(p.name for p in tmp_path.iterdir()) == ["0", "0.json", "1", "notes", "x.json"]
     assert remove_stale_shards(tmp_path / "absent", 1) == 0
+
+
+def test_cleanup_never_removes_what_the_stage_did_not_write(tmp_path: Path) -> None:
+    """A stale shard or split folder that holds someone else's files loses only the stage's own."""
+    videos = tmp_path / "train"
+    videos.mkdir()
+    (videos / "clip.mp4").write_bytes(b"a raw video")
+    (tmp_path / "5").mkdir()
+    (tmp_path / "5" / "notes.txt").write_text("kept")
+    assert remove_stale_shards(tmp_path, 1) == 0
+    assert (videos / "clip.mp4").read_bytes() == b"a raw video" and (tmp_path / "5" / "notes.txt").exists()
+
+
+def _die_on_bad(clip: Clip, state: str) -> ClipResult:
+    """A worker killed as the kernel kills one out of memory, on the clip named `state`."""
+    if clip.name == state:
+        os.kill(os.getpid(), signal.SIGKILL)
+    time.sleep(0.05)
+    return ClipResult(clip.name, clip.split, "done")
+
+
+def test_a_worker_killed_on_a_clip_costs_that_clip_only() -> None:
+    clips = [Clip(f"c{i}", "train") for i in range(8)]
+    results = run_clips(_die_on_bad, clips, workers=2, desc="test", state="c3")
+    assert [r.clip for r in results] == [c.name for c in clips]
+    status = {r.clip: r.status for r in results}
+    assert status.pop("c3") == "skipped" and set(status.values()) == {"done"}
+    assert "worker died" in results[3].reason
+
+
+def test_an_output_name_as_long_as_the_file_system_allows_is_written(tmp_path: Path) -> None:
+    name = "c" * (255 - len(".npz")) + ".npz"  # 255 bytes: the longest name ext4 takes
+    save_npz(tmp_path / name, x=np.zeros(1), key=np.str_("k"))
+    assert (tmp_path / name).is_file() and [p.name for p in tmp_path.iterdir()] == [name]

@@ -230,3 +230,18 @@ def test_main_with_the_real_synthetic_generator(tmp_path, monkeypatch):
     assert report["problems"] == []
     assert report["videos"]["sizes"] == {"128x128": 4}
     assert elapsed < 60
+
+
+def test_a_killed_runs_temporary_videos_are_removed_and_never_listed(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_params(tmp_path, {})
+    monkeypatch.setitem(sys.modules, "stages.sources.synthetic", fake_generator([]))
+    train = tmp_path / "data" / "raw" / "videos" / "train"
+    leftovers = [train / ".ab12cd34.partial", train / "train_000.000.mp4.ab12cd34.partial.mp4"]
+    make_mp4(leftovers[1], seed=9)  # an earlier version's temporary name, a whole video
+    leftovers[0].write_bytes(leftovers[1].read_bytes()[:100])  # this version's, cut by the kill
+    assert not {c.name for c in download_verify.find_videos(train.parent)} & {p.stem for p in leftovers}
+    download_verify.main()
+    assert not any(p.exists() for p in leftovers)
+    labels = read_labels(tmp_path / "data" / "raw" / "labels.csv")
+    assert not labels["clip"].str.contains("partial").any()

@@ -17,8 +17,8 @@ import yaml
 from stages.common import SkipClip, load_params, stored_key
 from stages.extract_frames import main
 from stages.preprocess.records import Frames
-from stages.preprocess.storage import decode_frames, encode_frames, load_frames, save_frames
-from stages.preprocess.video import check_frames, fit_size, sample_frames
+from stages.preprocess.storage import decode_frames, encode_frames, encode_stream, load_frames, save_frames
+from stages.preprocess.video import FrameSampler, check_frames, fit_size, sample_frames
 from tests.fixtures import (
     NON_ASCII_NAME,
     READABLE,
@@ -106,6 +106,7 @@ def test_bad_clips_are_skipped_with_reasons(tmp_path):
     assert "not a readable video" in reasons["text"]
     assert "truncated" in reasons["truncated"] and "truncated" in reasons["truncated_indexed"]
     assert "too short" in reasons["one_frame"]
+    assert reasons["audio_only"] == "cannot open: no video stream (the file holds audio streams only)"
     with pytest.raises(SkipClip, match="missing"):
         sample_frames(tmp_path / "absent.mp4", fps=5, max_side=640)
 
@@ -279,3 +280,24 @@ def test_killed_run_leaves_only_complete_outputs_and_resumes(tmp_path):
     assert all(path.stat().st_mtime_ns == mtime for path, mtime in finished.items())
     assert not [p for p in out_dir.rglob("*") if ".partial" in p.name]
     assert len(list(out_dir.rglob("*.npz"))) == len(clips)
+
+
+def test_a_clip_longer_than_max_seconds_is_left_out_before_decoding(tmp_path):
+    clip = level_clip(tmp_path / "long.mp4", 10.0, seconds=4.0)
+    with pytest.raises(SkipClip, match=r"too long: 4 s, more than frames.max_seconds=3"):
+        FrameSampler(clip, fps=5, max_side=64, max_seconds=3)
+    assert len(sample_frames(clip, fps=5, max_side=64, max_seconds=5).frames) == 20
+
+
+def test_streamed_encoding_stores_what_whole_clip_encoding_stores(tmp_path):
+    """The stage encodes each frame as it is decoded (memory bounded by the encoded bytes); the
+    stored bytes are those of encoding the whole clip at once."""
+    clip = write_video(tmp_path / "face.mp4", face_frames(12, (96, 72)), 10.0)
+    sampler = FrameSampler(clip, fps=5, max_side=64)
+    data, offsets, times = encode_stream(sampler, "jpeg", 70)
+    whole = sample_frames(clip, fps=5, max_side=64)
+    expected, expected_offsets = encode_frames(whole.frames, "jpeg", 70)
+    np.testing.assert_array_equal(data, expected)
+    np.testing.assert_array_equal(offsets, expected_offsets)
+    np.testing.assert_allclose(times, whole.timestamps)
+    assert (sampler.decoded, sampler.source_size) == (whole.source_frames, whole.source_size)

@@ -70,7 +70,9 @@ def test_plot_reads_reports_only() -> None:
 @pytest.mark.parametrize("name", sorted(STAGES))
 def test_commands_are_thin(name: str) -> None:
     lines = (REPO / command_module(STAGES[name])).read_text().count("\n")
-    assert lines <= 300, f"{name}: {lines} lines; move the library part to stages/preprocess, sources or report"
+    assert lines <= 300, (
+        f"{name}: {lines} lines; move the library part to stages/preprocess, sources or report"
+    )
 
 
 def test_pip_install_finds_every_package() -> None:
@@ -79,7 +81,9 @@ def test_pip_install_finds_every_package() -> None:
 
     find_packages = pytest.importorskip("setuptools").find_packages
 
-    include = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
+    include = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"][
+        "include"
+    ]
     found = set(find_packages(str(REPO), include=include))
     folders = {p.parent.relative_to(REPO).as_posix().replace("/", ".") for p in REPO.glob("[ms]*/**/*.py")}
     assert {f for f in folders if f.split(".")[0] in PACKAGES} <= found

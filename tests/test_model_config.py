@@ -12,11 +12,14 @@ import yaml
 from model.config import TRAIN_PATHS, ConfigError, ModelConfig, TrainConfig, flatten, from_section
 from stages.analyze import AnalyzeConfig
 from stages.common import Shards
+from stages.compute_flow import FlowParams
 from stages.evaluate import EvalConfig
+from stages.extract_frames import FramesParams
 from stages.plot import PlotConfig
 from stages.predict import PredictParams
 from stages.preprocess.faces import FACES_STAGE_KEYS, AlignConfig
 from stages.preprocess.flow import make_estimator
+from stages.sources.chalearn import ChalearnParams
 from stages.sources.synthetic import SyntheticConfig
 from stages.train import TrainPaths
 from tests.conftest import REPO
@@ -122,6 +125,9 @@ def _defaults(cls: type) -> dict:
         (TrainConfig, PARAMS["train"], TRAIN_PATHS),
         (AlignConfig, PARAMS["faces"], FACES_STAGE_KEYS),
         (SyntheticConfig, PARAMS["data"]["synthetic"], ()),
+        (ChalearnParams, PARAMS["data"]["chalearn"], ()),
+        (FramesParams, PARAMS["frames"], ()),
+        (FlowParams, PARAMS["flow"], ()),
         (EvalConfig, PARAMS["evaluate"], ()),
         (AnalyzeConfig, PARAMS["analyze"], ()),
         (PlotConfig, PARAMS["plot"], ()),

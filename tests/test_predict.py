@@ -107,13 +107,16 @@ def run_pipeline(video: Path, root: Path) -> Clip:
     dst.parent.mkdir(parents=True)
     dst.write_bytes(video.read_bytes())
     dirs = {k: root / k for k in ("frames", "faces", "flow")}
-    frames_job = extract_frames.Job(
-        PARAMS["frames"] | {"videos_dir": root / "videos"}, str(dirs["frames"]), 0
+    frames_params = extract_frames.FramesParams.from_params(
+        PARAMS["frames"] | {"videos_dir": str(root / "videos")}
     )
+    frames_job = extract_frames.Job(frames_params, str(dirs["frames"]), 0)
     assert extract_frames.extract_clip(clip, frames_job).status == "done"
     faces_job = align_faces.Job(PARAMS["faces"], str(dirs["frames"]), str(dirs["faces"]), 1)
     assert align_faces.process_clip(clip, faces_job).status == "done"
-    flow_job = compute_flow.Job(PARAMS["flow"], str(dirs["faces"]), str(dirs["flow"]))
+    flow_job = compute_flow.Job(
+        compute_flow.FlowParams.from_params(PARAMS["flow"]), str(dirs["faces"]), str(dirs["flow"])
+    )
     assert compute_flow.flow_clip(clip, flow_job).status == "done"
     return clip
 
@@ -154,6 +157,7 @@ EXPECTED_ERRORS = {
     "text": "cannot open",
     "truncated": "cannot open",
     "truncated_indexed": "truncated",
+    "audio_only": "no video stream",
     "one_frame": "too short",
     "no_face": "no face",
 }
@@ -230,6 +234,13 @@ def test_expand_inputs_takes_a_folders_mp4_files_in_order(tmp_path: Path) -> Non
     (tmp_path / "sub.mp4").mkdir()
     single = tmp_path / "elsewhere.mp4"
     assert expand_inputs([tmp_path, single]) == [tmp_path / "a.MP4", tmp_path / "b.mp4", single]
+
+
+def test_a_dangling_link_in_a_folder_is_reported_not_dropped(predictor: Predictor, tmp_path: Path) -> None:
+    (tmp_path / "gone.mp4").symlink_to(tmp_path / "deleted.mp4")
+    (tmp_path / ".abcd1234.partial.mp4").write_bytes(b"a killed run's temporary file")
+    (result,) = predictor.predict_many(expand_inputs([tmp_path]), progress=False)
+    assert result.clip == "gone" and not result.ok and "missing video file" in result.error
 
 
 def test_json_and_csv_mark_failed_clips(tmp_path: Path) -> None:

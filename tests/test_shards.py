@@ -9,7 +9,7 @@ import pandas as pd
 import yaml
 
 from stages import shards
-from stages.common import shard_of
+from stages.common import read_labels, shard_of
 
 
 def make_videos(root: Path, names: list[str]) -> pd.DataFrame:
@@ -77,3 +77,15 @@ def test_assign_command_writes_the_lists_named_in_params(tmp_path: Path, monkeyp
     assert sum(len(t) for t in lists.values()) == 6
     assert all(shard_of(c, 2) == k for k, t in lists.items() for c in t["clip"])
     assert Path("reports/logs/shards.log").exists()
+
+
+def test_clips_named_like_missing_values_stay_names(tmp_path: Path) -> None:
+    names = ["NA", "null", "n/a", "007", "None"]
+    labels = make_videos(tmp_path / "videos", names)
+    labels.to_csv(tmp_path / "labels.csv", index=False)
+    read = read_labels(tmp_path / "labels.csv")
+    assert list(read["clip"]) == names
+    (table,) = shards.manifests(read, tmp_path / "videos", 1, workers=1)
+    shards.write_manifests([table], tmp_path / "lists")
+    back = read_labels(tmp_path / "lists" / "0.csv")
+    assert list(back["clip"]) == names and back["video_sha256"].str.len().eq(64).all()

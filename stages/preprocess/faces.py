@@ -19,7 +19,7 @@ from scipy.ndimage import uniform_filter1d
 from scipy.optimize import linear_sum_assignment
 from skimage.transform import SimilarityTransform
 
-from model.config import from_section
+from model.config import from_section, require
 from stages.common import SkipClip
 from stages.preprocess.template import template
 
@@ -57,8 +57,32 @@ class AlignConfig:
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> AlignConfig:
-        """From the `faces` section; its keys for the stage (paths, workers, device) are left to it."""
-        return from_section(cls, params, "faces", ignore=FACES_STAGE_KEYS)
+        """From the `faces` section, checked whole; its keys for the stage (paths, workers, device)
+        are left to it."""
+        cfg = from_section(cls, params, "faces", ignore=FACES_STAGE_KEYS)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        for key in (
+            "size",
+            "detect_side",
+            "detect_every",
+            "smooth_window",
+            "batch_size",
+            "min_face_size",
+            "eye_weight",
+        ):
+            value = getattr(self, key)
+            require(value >= 1, f"faces.{key}", value, "a whole number >= 1")
+        require(0.0 <= self.margin < 1.0, "faces.margin", self.margin, "a fraction in [0, 1)")
+        for key in ("threshold_pnet", "threshold_rnet", "threshold_onet", "min_valid_ratio"):
+            value = getattr(self, key)
+            require(0.0 <= value <= 1.0, f"faces.{key}", value, "a fraction in [0, 1]")
+        require(self.track_distance > 0, "faces.track_distance", self.track_distance, "a number > 0")
+        require(
+            self.refine_motion >= 0, "faces.refine_motion", self.refine_motion, "a number >= 0 (0 disables)"
+        )
 
 
 @dataclass

@@ -7,6 +7,7 @@ flow is int8 with its scale (see stages/preprocess/flow.py). Every write is atom
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from itertools import pairwise
 from pathlib import Path
 
@@ -58,16 +59,39 @@ def decode_frames(data: np.ndarray, offsets: np.ndarray) -> np.ndarray:
 def save_frames(path: str | Path, frames: Frames, codec: str, quality: int, key: str) -> None:
     """Write one clip's frames atomically (encoded bytes, offsets, timestamps, source fps and size, key)."""
     data, offsets = encode_frames(frames.frames, codec, quality)
+    save_encoded(path, data, offsets, codec, frames, key)
+
+
+def encode_stream(
+    samples: Iterable[tuple[np.ndarray, float]], codec: str, quality: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Encode (RGB frame, seconds) samples as they arrive, holding only the encoded bytes:
+    (bytes, offsets [T+1], timestamps [T]), as encode_frames gives them for the same frames."""
+    chunks, times = [], []
+    for image, t in samples:
+        chunks.append(encode_frames(image[None], codec, quality)[0])
+        times.append(t)
+    offsets = np.zeros(len(chunks) + 1, np.int64)
+    offsets[1:] = np.cumsum([len(c) for c in chunks])
+    data = np.concatenate(chunks) if chunks else np.zeros(0, np.uint8)
+    return data, offsets, np.asarray(times, np.float64)
+
+
+def save_encoded(
+    path: str | Path, data: np.ndarray, offsets: np.ndarray, codec: str, info: Frames, key: str
+) -> None:
+    """Write one clip's encoded frames atomically with `info`'s timestamps and source description
+    (its `frames` array is not stored)."""
     save_npz(
         path,
         encoded=data,
         codec=np.str_(codec),
         offsets=offsets,
-        timestamps=frames.timestamps,
-        source_fps=np.float64(frames.source_fps),
-        source_size=np.asarray(frames.source_size, np.int64),
-        source_frames=np.int64(frames.source_frames),
-        expected_frames=np.int64(frames.expected_frames),
+        timestamps=np.asarray(info.timestamps, np.float64),
+        source_fps=np.float64(info.source_fps),
+        source_size=np.asarray(info.source_size, np.int64),
+        source_frames=np.int64(info.source_frames),
+        expected_frames=np.int64(info.expected_frames),
         key=np.str_(key),
     )
 

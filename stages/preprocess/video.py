@@ -43,57 +43,96 @@ TIME_TOLERANCE_S = 1e-3
 # ---------------------------------------------------------------- sampling
 
 
-def sample_frames(video_path: str | Path, fps: float, max_side: int, threads: int = 0) -> Frames:
-    """Decode a video and keep the first frame at or after each multiple of 1/fps seconds.
+class FrameSampler:
+    """The samples of one video as OpenCV decodes it: iterate for (RGB frame, seconds) pairs.
 
-    `threads` are the decoder's (0: FFmpeg's choice). Raises SkipClip when the file is empty,
-    not a readable video, or yields no frames.
+    The first decoded frame at or after each multiple of 1/fps seconds is kept; the others are only
+    grabbed, never converted. Opening checks the file; `max_seconds` (0: no limit) refuses a clip
+    whose container declares a longer duration, and stops one that turns out longer while decoding,
+    so a clip's memory stays bounded whatever its length. After the iteration, `source_fps`,
+    `source_size`, `decoded` and `expected` describe the video. Raises SkipClip for a missing,
+    empty, unreadable or too long file.
     """
-    video_path = Path(video_path)
-    if not video_path.is_file():
-        raise SkipClip(f"missing video file {video_path.name}")
-    if video_path.stat().st_size == 0:
-        raise SkipClip("empty file (0 bytes)")
-    cap = cv2.VideoCapture(
-        str(video_path), cv2.CAP_FFMPEG, [cv2.CAP_PROP_N_THREADS, threads] if threads else []
-    )
-    try:
+
+    def __init__(
+        self, video_path: str | Path, fps: float, max_side: int, threads: int = 0, max_seconds: float = 0.0
+    ) -> None:
+        self.path = Path(video_path)
+        if not self.path.is_file():
+            raise SkipClip(f"missing video file {self.path.name}")
+        if self.path.stat().st_size == 0:
+            raise SkipClip("empty file (0 bytes)")
+        self.fps, self.max_side, self.threads, self.max_seconds = fps, max_side, threads, max_seconds
+        cap = self._open()
+        try:
+            self.meta_fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
+            self.expected = int(max(cap.get(cv2.CAP_PROP_FRAME_COUNT), 0))
+        finally:
+            cap.release()
+        declared = self.expected / self.meta_fps if self.meta_fps > 0 else 0.0
+        if max_seconds > 0 and declared > max_seconds:
+            raise SkipClip(f"too long: {declared:.0f} s, more than frames.max_seconds={max_seconds:g}")
+        self.decoded, self.first_t, self.last_t = 0, None, 0.0
+        self.source_size: tuple[int, int] = (0, 0)
+
+    def _open(self) -> cv2.VideoCapture:
+        params = [cv2.CAP_PROP_N_THREADS, self.threads] if self.threads else []
+        cap = cv2.VideoCapture(str(self.path), cv2.CAP_FFMPEG, params)
         if not cap.isOpened():
-            raise SkipClip(_unopenable_reason(video_path))
-        meta_fps = cap.get(cv2.CAP_PROP_FPS)
-        expected = int(max(cap.get(cv2.CAP_PROP_FRAME_COUNT), 0))
-        kept, times = [], []
-        decoded, first_t, last_t, next_k = 0, None, 0.0, 0
-        source_size, out_size = (0, 0), (0, 0)
-        while cap.grab():
-            t = cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
-            decoded += 1
-            first_t = t if first_t is None else first_t
-            last_t = t
-            if t + TIME_TOLERANCE_S < next_k / fps:
-                continue
-            ok, image = cap.retrieve()
-            if not ok or image is None:
-                continue
-            if not kept:
-                source_size = (image.shape[1], image.shape[0])
-                out_size = fit_size(source_size, max_side)
-            kept.append(_to_rgb(image, out_size))
-            times.append(t)
-            next_k = int(np.floor((t + TIME_TOLERANCE_S) * fps)) + 1
-    finally:
-        cap.release()
+            cap.release()
+            raise SkipClip(_unopenable_reason(self.path))
+        return cap
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, float]]:
+        cap = self._open()
+        next_k, out_size = 0, (0, 0)
+        try:
+            while cap.grab():
+                t = cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
+                self.decoded += 1
+                self.first_t = t if self.first_t is None else self.first_t
+                self.last_t = t
+                if self.max_seconds > 0 and t - self.first_t > self.max_seconds:
+                    raise SkipClip(f"too long: more than frames.max_seconds={self.max_seconds:g} s of video")
+                if t + TIME_TOLERANCE_S < next_k / self.fps:
+                    continue
+                ok, image = cap.retrieve()
+                if not ok or image is None:
+                    continue
+                if next_k == 0:
+                    self.source_size = (image.shape[1], image.shape[0])
+                    out_size = fit_size(self.source_size, self.max_side)
+                next_k = int(np.floor((t + TIME_TOLERANCE_S) * self.fps)) + 1
+                yield _to_rgb(image, out_size), t
+        finally:
+            cap.release()
+
+    @property
+    def source_fps(self) -> float:
+        """The decoded frames' rate from their timestamps (the container's claim when there are too few)."""
+        span = self.last_t - (self.first_t or 0.0)
+        return (self.decoded - 1) / span if self.decoded > 1 and span > 0 else self.meta_fps
+
+
+def sample_frames(
+    video_path: str | Path, fps: float, max_side: int, threads: int = 0, max_seconds: float = 0.0
+) -> Frames:
+    """Decode a video and keep the first frame at or after each multiple of 1/fps seconds (FrameSampler),
+    all in memory. Raises SkipClip when the file is empty, not a readable video, or yields no frames."""
+    sampler = FrameSampler(video_path, fps, max_side, threads, max_seconds)
+    kept, times = [], []
+    for image, t in sampler:
+        kept.append(image)
+        times.append(t)
     if not kept:
         raise SkipClip("no decodable frames (truncated or corrupt video)")
-    span = last_t - (first_t or 0.0)
-    source_fps = (decoded - 1) / span if decoded > 1 and span > 0 else float(meta_fps or 0.0)
     return Frames(
         frames=np.stack(kept),
         timestamps=np.asarray(times, np.float64),
-        source_fps=float(source_fps),
-        source_size=source_size,
-        source_frames=decoded,
-        expected_frames=expected,
+        source_fps=float(sampler.source_fps),
+        source_size=sampler.source_size,
+        source_frames=sampler.decoded,
+        expected_frames=sampler.expected,
     )
 
 
@@ -113,6 +152,14 @@ def _to_rgb(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def _unopenable_reason(path: Path) -> str:
+    """Why OpenCV could not open a file: a container without a video stream, a broken mp4, or not a video."""
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                kinds = sorted({s.type for s in container.streams}) or ["no"]
+                return f"cannot open: no video stream (the file holds {' and '.join(kinds)} streams only)"
+    except (av.FFmpegError, OSError, ValueError):
+        pass
     with open(path, "rb") as f:
         head = f.read(12)
     if head[4:8] == b"ftyp":

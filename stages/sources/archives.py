@@ -6,12 +6,16 @@ the target folder or that is larger than allowed stops the archive with nothing 
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
+import pty
 import re
+import select
 import shutil
 import subprocess
 import tempfile
+import termios
 import time
 import zipfile
 import zlib
@@ -23,13 +27,18 @@ from typing import IO
 import requests
 import urllib3
 
-from model.atomic import atomic_path
+from model.atomic import TMP_MARK, atomic_path, is_temporary
 from stages.common import file_digest
 
 log = logging.getLogger(__name__)
 
 PART_SUFFIX = ".download"
 CHUNK_BYTES = 1 << 20
+# Inner zips inside inner zips: FI V2 nests two deep; deeper is refused before Python's recursion limit.
+MAX_DEPTH = 8
+# A member that inflates more than this many times its stored size is refused: videos and zips of
+# videos hardly compress (about 1.0), while a zip bomb inflates thousands of times.
+MAX_RATIO = 100.0
 ENCRYPTED_FLAG = 0x1
 _WILDCARDS = re.compile(r"[*?\[\]\\]")
 
@@ -195,10 +204,18 @@ def safe_join(root: Path, relative: str | Path) -> Path:
     return dest
 
 
-def check_members(zf: zipfile.ZipFile, max_member_bytes: int, label: str) -> list[zipfile.ZipInfo]:
-    """The archive's file members, after checking every name and size; raises ArchiveError on any."""
+def check_members(
+    zf: zipfile.ZipFile, max_member_bytes: int, label: str, max_ratio: float = MAX_RATIO
+) -> list[zipfile.ZipInfo]:
+    """The archive's file members, after checking every name, size and compression ratio; raises
+    ArchiveError on any."""
     members = []
     for info in zf.infolist():
+        if info.file_size > max_ratio * max(info.compress_size, 1) and info.file_size > CHUNK_BYTES:
+            raise ArchiveError(
+                f"{label}: refused archive member {info.filename!r}: it inflates {info.file_size} bytes from "
+                f"{info.compress_size}, more than {max_ratio:g} times (a zip bomb?)"
+            )
         try:
             safe_relative(info.filename)
         except ArchiveError as exc:
@@ -220,20 +237,29 @@ def extract_nested(
     route: Route,
     passwords: Iterable[str] = (),
     max_member_bytes: int,
+    max_total_bytes: int = 0,
     tmp_dir: str | Path | None = None,
     keep_going: bool = False,
 ) -> ExtractStats:
-    """Extract the leaf members of a zip, opening inner zips (any depth) on the way.
+    """Extract the leaf members of a zip, opening inner zips (up to MAX_DEPTH deep) on the way.
 
     `route(member_name)` says where each leaf goes under `target`; inner zips are unpacked to a
-    temporary file in `tmp_dir`. A leaf already present with the member's size is kept. With
-    `keep_going`, a bad inner zip or member is recorded in `failed` and the rest is extracted;
-    an error in the outer archive itself always raises.
+    hidden temporary file in `tmp_dir` (a rerun removes any that a killed run left). A leaf already
+    present with the member's size is kept. Every member is refused past `max_member_bytes`, or
+    inflating more than MAX_RATIO times; the whole extraction stops past `max_total_bytes` written
+    (0: four times the archive's size plus max_member_bytes). With `keep_going`, a bad inner zip
+    or member is recorded in `failed` and the rest is extracted; an error in the outer archive
+    itself always raises.
     """
     target = Path(target)
     tmp_dir = Path(tmp_dir) if tmp_dir is not None else target
+    if tmp_dir.is_dir():
+        for leftover in tmp_dir.glob(f".*{TMP_MARK}*"):
+            if is_temporary(leftover):
+                leftover.unlink()
+    total = max_total_bytes or 4 * Path(archive).stat().st_size + max_member_bytes
     stats = ExtractStats()
-    job = _Job(target, route, list(passwords), max_member_bytes, tmp_dir, keep_going, stats)
+    job = _Job(target, route, list(passwords), max_member_bytes, total, tmp_dir, keep_going, stats)
     _extract(job, Path(archive), str(archive))
     return stats
 
@@ -244,15 +270,27 @@ class _Job:
     route: Route
     passwords: list[str]
     max_bytes: int
+    max_total: int
     tmp_dir: Path
     keep_going: bool
     stats: ExtractStats
+    inflated: int = 0  # bytes written so far, inner zips included
+
+    def count(self, n: int, label: str) -> None:
+        """Add `n` bytes written; ArchiveError past the total limit."""
+        self.inflated += n
+        if self.inflated > self.max_total:
+            raise ArchiveError(
+                f"{label}: extraction passes the limit of {self.max_total} bytes written in all"
+            )
 
 
 _MEMBER_ERRORS = (ArchiveError, zipfile.BadZipFile, zlib.error, EOFError)
 
 
-def _extract(job: _Job, archive: Path, label: str) -> None:
+def _extract(job: _Job, archive: Path, label: str, depth: int = 0) -> None:
+    if depth > MAX_DEPTH:
+        raise ArchiveError(f"{label}: zips nested more than {MAX_DEPTH} deep are refused")
     with zipfile.ZipFile(archive) as zf:
         members = check_members(zf, job.max_bytes, label)
         routed = []
@@ -265,8 +303,10 @@ def _extract(job: _Job, archive: Path, label: str) -> None:
         for info, dest in routed:
             member_label = f"{label}:{info.filename}"
             try:
-                _extract_member(job, zf, info, dest, member_label)
+                _extract_member(job, zf, info, dest, member_label, depth)
             except _MEMBER_ERRORS as exc:
+                if isinstance(exc, ArchiveError) and "in all" in str(exc):
+                    raise  # the total limit ends the whole extraction
                 if not job.keep_going:
                     raise
                 log.error("skipped %s: %s", member_label, exc)
@@ -274,18 +314,19 @@ def _extract(job: _Job, archive: Path, label: str) -> None:
 
 
 def _extract_member(
-    job: _Job, zf: zipfile.ZipFile, info: zipfile.ZipInfo, dest: Path | None, label: str
+    job: _Job, zf: zipfile.ZipFile, info: zipfile.ZipInfo, dest: Path | None, label: str, depth: int
 ) -> None:
     stats = job.stats
     if info.filename.lower().endswith(".zip"):
         job.tmp_dir.mkdir(parents=True, exist_ok=True)
-        fd, inner = tempfile.mkstemp(suffix=".zip", dir=job.tmp_dir)
+        fd, inner = tempfile.mkstemp(prefix=".", suffix=f"{TMP_MARK}.zip", dir=job.tmp_dir)
         os.close(fd)
         try:
             with open(inner, "wb") as out:
                 _copy_member(zf, info, job.passwords, out, job.max_bytes, label)
+            job.count(info.file_size, label)
             stats.nested += 1
-            _extract(job, Path(inner), label)
+            _extract(job, Path(inner), label, depth + 1)
         finally:
             Path(inner).unlink(missing_ok=True)
     elif dest is None:
@@ -293,6 +334,7 @@ def _extract_member(
     elif dest.exists() and dest.stat().st_size == info.file_size:
         stats.cached += 1
     else:
+        job.count(info.file_size, label)
         with atomic_path(dest) as tmp, open(tmp, "wb") as out:
             _copy_member(zf, info, job.passwords, out, job.max_bytes, label)
         stats.written += 1
@@ -344,12 +386,59 @@ def _unzip_tool(member: str) -> str | None:
 def _copy_with_unzip(
     zf: zipfile.ZipFile, info: zipfile.ZipInfo, password: str, out: IO[bytes], label: str
 ) -> None:
-    command = [_unzip_tool(info.filename) or "unzip", "-p", "-P", password, str(zf.filename), info.filename]
-    with (
-        tempfile.TemporaryFile() as errors,
-        subprocess.Popen(command, stdout=subprocess.PIPE, stderr=errors) as proc,
-    ):
-        assert proc.stdout is not None
+    """unzip -p of one member; the password goes to unzip's own prompt on a private terminal, never
+    on its command line (which any local user can read) nor in its environment."""
+    command = [_unzip_tool(info.filename) or "unzip", "-p", str(zf.filename), info.filename]
+    master, slave = pty.openpty()
+
+    def own_terminal() -> None:  # in the child: a session of its own whose terminal is the pty
+        os.setsid()
+        fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+
+    try:
+        proc = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            preexec_fn=own_terminal,
+            pass_fds=(slave,),
+        )
+    finally:
+        os.close(slave)
+    try:
+        prompt = _answer_prompt(master, password, proc, label)
+        _copy_unzip_output(proc, info, out, label, prompt)
+    finally:
+        os.close(master)
+
+
+def _answer_prompt(
+    master: int, password: str, proc: subprocess.Popen, label: str, timeout: float = 60.0
+) -> bytes:
+    """Type the password into the pty once unzip asks for it (its prompt comes on stderr; typing
+    earlier is lost, as unzip flushes the terminal when it turns echo off). Returns what stderr said."""
+    assert proc.stderr is not None
+    said = b""
+    deadline = time.monotonic() + timeout
+    while b"password" not in said.lower():
+        ready, _, _ = select.select([proc.stderr], [], [], max(0.0, min(1.0, deadline - time.monotonic())))
+        chunk = os.read(proc.stderr.fileno(), 4096) if ready else b""
+        said += chunk
+        if (ready and not chunk) or time.monotonic() > deadline:
+            proc.kill()
+            proc.wait()
+            message = said.decode(errors="replace").strip()
+            raise ArchiveError(f"{label}: unzip did not ask for the password: {message}")
+    os.write(master, password.encode() + b"\n")
+    return said
+
+
+def _copy_unzip_output(
+    proc: subprocess.Popen, info: zipfile.ZipInfo, out: IO[bytes], label: str, said: bytes
+) -> None:
+    with proc:
+        assert proc.stdout is not None and proc.stderr is not None
         copied = 0
         while block := proc.stdout.read(CHUNK_BYTES):
             copied += len(block)
@@ -358,8 +447,7 @@ def _copy_with_unzip(
                 raise ArchiveError(f"{label}: unzip produced more bytes than the member's size")
             out.write(block)
         proc.wait()
-        errors.seek(0)
-        stderr = errors.read().decode(errors="replace")
+        stderr = (said + proc.stderr.read()).decode(errors="replace")
     if proc.returncode != 0 or copied != info.file_size:
         raise ArchiveError(
             f"{label}: unzip failed (exit {proc.returncode}, {copied} bytes): {stderr.strip()}"

@@ -17,9 +17,25 @@ from typing import Any
 
 import pandas as pd
 
+from model.config import from_section, require
 from model.records import SPLITS
-from stages.sources.annotations import ANNOTATION_FILES, VIDEO_SUFFIX, annotation_frame, read_annotation
-from stages.sources.archives import ArchiveError, ExtractStats, Route, download, extract_nested, verify_sha256
+from stages.sources.annotations import (
+    ANNOTATION_FILES,
+    VIDEO_SUFFIX,
+    AnnotationError,
+    UnsafePickleError,
+    annotation_frame,
+    read_annotation,
+)
+from stages.sources.archives import (
+    ArchiveError,
+    ChecksumError,
+    ExtractStats,
+    Route,
+    download,
+    extract_nested,
+    verify_sha256,
+)
 
 log = logging.getLogger(__name__)
 
@@ -84,10 +100,50 @@ def is_annotation_archive(name: str) -> bool:
     return "annotation" in name.lower()
 
 
+@dataclass(frozen=True)
+class ChalearnParams:
+    """The params section `data.chalearn`, checked whole before anything is fetched."""
+
+    archives_dir: str = ""
+    manifest: str = "configs/chalearn_manifest.csv"
+    download_dir: str = "data/downloads"
+    password: str = ""
+    password_env: str = "CHALEARN_PASSWORD"
+    max_member_mb: float = 4096.0
+    timeout_s: float = 60.0
+    retries: int = 5
+
+    @classmethod
+    def from_params(cls, section: dict[str, Any] | None) -> ChalearnParams:
+        p = from_section(cls, section, "data.chalearn")
+        require(p.max_member_mb > 0, "data.chalearn.max_member_mb", p.max_member_mb, "megabytes > 0")
+        require(p.timeout_s > 0, "data.chalearn.timeout_s", p.timeout_s, "seconds > 0")
+        require(p.retries >= 0, "data.chalearn.retries", p.retries, "a count >= 0")
+        return p
+
+
 def passwords_from(cfg: dict[str, Any]) -> list[str]:
     """Candidate archive passwords: params first, then the environment variable it names."""
     candidates = [cfg.get("password") or "", os.environ.get(cfg.get("password_env") or "", "")]
     return list(dict.fromkeys(p for p in candidates if p))
+
+
+def _download_verified(entry: ManifestEntry, download_dir: Path, timeout_s: float, retries: int) -> str:
+    """Download an archive and check its sha256. A finished download that fails the check (from an
+    earlier run, or altered since) is fetched once more from scratch before the mismatch is final."""
+    dest = download_dir / entry.archive
+    for attempt in (1, 2):
+        log.info("downloading %s", entry.archive)
+        stats = download(entry.url, dest, timeout_s=timeout_s, retries=retries)
+        log.info("%s: %d bytes, %d resumed requests", entry.archive, stats.bytes, stats.resumed)
+        try:
+            return verify_sha256(dest, entry.sha256)
+        except ChecksumError:
+            if attempt == 2:
+                raise
+            log.warning("%s fails its sha256 check: fetching it once more", entry.archive)
+            dest.unlink()
+    raise AssertionError("unreachable")
 
 
 def locate_archives(
@@ -106,15 +162,13 @@ def locate_archives(
         if local_dir is not None and (local_dir / entry.archive).is_file():
             record = ArchiveRecord(entry.archive, "local", str(local_dir / entry.archive))
         elif entry.url:
-            log.info("downloading %s", entry.archive)
-            stats = download(entry.url, download_dir / entry.archive, timeout_s=timeout_s, retries=retries)
-            log.info("%s: %d bytes, %d resumed requests", entry.archive, stats.bytes, stats.resumed)
-            record = ArchiveRecord(entry.archive, "download", str(stats.path))
+            record = ArchiveRecord(entry.archive, "download", str(download_dir / entry.archive))
+            record.sha256 = _download_verified(entry, download_dir, timeout_s, retries)
         else:
             log.warning("archive %s is neither in the archives folder nor has a URL", entry.archive)
             records.append(ArchiveRecord(entry.archive, "missing"))
             continue
-        record.sha256 = verify_sha256(record.path, entry.sha256)
+        record.sha256 = record.sha256 or verify_sha256(record.path, entry.sha256)
         record.checked = bool(entry.sha256)
         if not entry.sha256:
             log.warning("no sha256 for %s in the manifest; it is %s", entry.archive, record.sha256)
@@ -162,7 +216,11 @@ def load_labels(
         if name not in found:
             log.warning("no %s among the archives: the %s split has no labels", name, split)
             continue
-        frames.append(annotation_frame(read_annotation(found[name]), split))
+        try:
+            frames.append(annotation_frame(read_annotation(found[name]), split))
+        except (AnnotationError, UnsafePickleError) as exc:  # a tampered or foreign file: reported, left out
+            log.error("%s left out: %s", name, exc)
+            problems.append(Problem("", split, f"annotation file {name} left out: {exc}"))
     if not frames:
         raise FileNotFoundError(
             f"no annotation pickle found in the archives folder or the annotation archives: {problems}"

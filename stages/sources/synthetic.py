@@ -72,7 +72,7 @@ import skimage.data
 from scipy.special import ndtr
 
 from model.atomic import atomic_path
-from model.config import from_section
+from model.config import from_section, require
 from model.records import LABEL_COLUMNS, SPLITS, TRAITS, Clip
 from stages.common import ClipResult, resolve_workers, run_clips
 
@@ -161,7 +161,30 @@ class SyntheticConfig:
 
     @classmethod
     def from_params(cls, cfg: dict[str, Any]) -> SyntheticConfig:
-        return from_section(cls, cfg, "data.synthetic")
+        c = from_section(cls, cfg, "data.synthetic")
+        name = "data.synthetic"
+        require(c.n_train >= 1, f"{name}.n_train", c.n_train, "a count >= 1")
+        for key in ("n_val", "n_test", "workers"):
+            require(getattr(c, key) >= 0, f"{name}.{key}", getattr(c, key), "a count >= 0")
+        for key in ("seconds", "fps", "mouth_open", "blink_seconds", "mouth_hz_min", "blink_hz_min"):
+            require(getattr(c, key) > 0, f"{name}.{key}", getattr(c, key), "a number > 0")
+        require(c.size >= 64, f"{name}.size", c.size, "pixels >= 64")
+        require(0 < c.face_scale <= 1, f"{name}.face_scale", c.face_scale, "a fraction in (0, 1]")
+        require(
+            c.mouth_hz_max > c.mouth_hz_min,
+            f"{name}.mouth_hz_max",
+            c.mouth_hz_max,
+            "a rate above mouth_hz_min",
+        )
+        require(
+            c.blink_hz_max > c.blink_hz_min,
+            f"{name}.blink_hz_max",
+            c.blink_hz_max,
+            "a rate above blink_hz_min",
+        )
+        require(c.label_noise >= 0, f"{name}.label_noise", c.label_noise, "a standard deviation >= 0")
+        require(0 <= c.shade_max <= 1, f"{name}.shade_max", c.shade_max, "a fraction in [0, 1]")
+        return c
 
     def count(self, split: str) -> int:
         return {"train": self.n_train, "val": self.n_val, "test": self.n_test}[split]
@@ -484,7 +507,7 @@ def render_frames(spec: ClipSpec, cfg: SyntheticConfig) -> np.ndarray:
 def write_video(frames: np.ndarray, path: Path, fps: float) -> None:
     """Encode RGB frames as MPEG-4 Part 2 ('mp4v'), atomically."""
     h, w = frames.shape[1:3]
-    with atomic_path(path) as tmp:
+    with atomic_path(path, keep_suffix=True) as tmp:
         writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
         if not writer.isOpened():
             raise RuntimeError(f"OpenCV cannot write {tmp}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import pickle
 import random
 import resource
 import time
@@ -189,6 +190,26 @@ def save_checkpoint(path: str | Path, model: DualStreamNet, configs: RunConfigs,
         torch.save({"model": model.state_dict(), "configs": configs.to_dict(), **state}, tmp)
 
 
+class UnsafeCheckpointError(ValueError):
+    """A model file whose pickle holds more than tensors and plain Python values: refused unread."""
+
+
+def read_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dict[str, Any]:
+    """A checkpoint's contents, loaded with weights_only=True: tensors, numbers, strings, lists and
+    dicts only. A file whose pickle would build anything else (and so could run code) is refused,
+    and nothing in it runs."""
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise UnsafeCheckpointError(
+            f"refusing {path}: it holds objects other than tensors and plain values, which could run "
+            f"code when loaded; only checkpoints this project saves are accepted ({str(exc).splitlines()[0]})"
+        ) from None
+    if not isinstance(state, dict) or "model" not in state:
+        raise UnsafeCheckpointError(f"{path} is not a checkpoint of this project (no model weights)")
+    return state
+
+
 def load_checkpoint(
     path: str | Path, device: torch.device | str = "cpu"
 ) -> tuple[DualStreamNet, RunConfigs, dict[str, Any]]:
@@ -197,7 +218,7 @@ def load_checkpoint(
     Returns the model, its RunConfigs and the rest of the checkpoint (epoch, best_score,
     optimizer/scheduler states, history, ...).
     """
-    state = torch.load(path, map_location=device, weights_only=False)
+    state = read_checkpoint(path, device)
     configs = RunConfigs.from_dict(state.pop("configs"))
     configs.model.static.pretrained = ""  # the checkpoint carries the weights
     model = build_model(configs.model)
@@ -207,7 +228,7 @@ def load_checkpoint(
 
 def init_weights_from(model: DualStreamNet, path: str | Path) -> None:
     """Start from another run's weights: every tensor whose name and shape match."""
-    other = torch.load(path, map_location="cpu", weights_only=False)["model"]
+    other = read_checkpoint(path)["model"]
     own = model.state_dict()
     matched = {k: v for k, v in other.items() if k in own and own[k].shape == v.shape}
     model.load_state_dict(matched, strict=False)
@@ -273,7 +294,7 @@ def train(
     loss_fn = make_loss(cfg.loss)
     start_epoch, best_score, best_epoch, history = 0, -math.inf, -1, []
     if resume:
-        state = torch.load(last_path, map_location=device, weights_only=False)
+        state = read_checkpoint(last_path, device)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])

@@ -26,6 +26,7 @@ from model.network import build_model
 from model.records import LABEL_COLUMNS, Clip, ClipSource
 from model.training import (
     RunConfigs,
+    UnsafeCheckpointError,
     init_weights_from,
     load_checkpoint,
     make_loss,
@@ -236,3 +237,47 @@ def test_resume_after_a_kill_continues_from_the_right_epoch(dataset_dir: Path, t
     # the dvclive curves hold every epoch, those before the kill replayed from the checkpoint
     loss = (work / "live" / "plots" / "metrics" / "train" / "loss.tsv").read_text().splitlines()
     assert [int(line.split("\t")[0]) for line in loss[1:]] == list(range(done + 2))
+
+
+class _RunsCode:
+    """What a hostile model file carries: unpickling it would create `marker`."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_a_model_file_whose_pickle_would_run_code_is_refused_unrun(tmp_path: Path) -> None:
+    marker = tmp_path / "code-ran"
+    configs = run_configs()
+    hostile = tmp_path / "shared.pt"
+    torch.save(
+        {
+            "model": build_model(configs.model).state_dict(),
+            "configs": configs.to_dict(),
+            "x": _RunsCode(marker),
+        },
+        hostile,
+    )
+    for load in (load_checkpoint, lambda p: init_weights_from(build_model(configs.model), p)):
+        with pytest.raises(
+            UnsafeCheckpointError, match=r"refusing .*shared\.pt: it holds objects other than tensors"
+        ):
+            load(hostile)
+    assert not marker.exists(), "the file's code ran"
+    from stages import predict
+
+    video = tmp_path / "clip.mp4"
+    video.write_bytes(b"not read")
+    assert predict.main([str(video), "--model", str(hostile)]) == 2
+    assert not marker.exists()
+
+
+def test_the_projects_own_checkpoints_load_weights_only(tmp_path: Path) -> None:
+    configs = run_configs()
+    save_checkpoint(
+        tmp_path / "m.pt", build_model(configs.model), configs, epoch=2, history=[{"loss": 0.5, "pid": 7}]
+    )
+    assert torch.load(tmp_path / "m.pt", weights_only=True)["epoch"] == 2

@@ -66,8 +66,12 @@ class FramesParams:
         return p
 
     def key(self) -> dict[str, Any]:
-        """What an output is made from, besides its video (paths, workers and thresholds are not)."""
-        return {k: getattr(self, k) for k in KEY_PARAMS}
+        """What an output is made from, besides its video (paths, workers and thresholds are not).
+        A whole rate counts as the integer params.yaml writes, so outputs keep their keys across versions."""
+        key = {k: getattr(self, k) for k in KEY_PARAMS}
+        if float(key["fps"]).is_integer():
+            key["fps"] = int(key["fps"])
+        return key
 
 
 @dataclass(frozen=True)

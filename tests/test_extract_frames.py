@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import yaml
 
-from stages.common import SkipClip, load_params, stored_key
-from stages.extract_frames import main
+from stages.common import SkipClip, load_params, params_digest, stored_key
+from stages.extract_frames import KEY_PARAMS, FramesParams, main
 from stages.preprocess.records import Frames
 from stages.preprocess.storage import decode_frames, encode_frames, encode_stream, load_frames, save_frames
 from stages.preprocess.video import FrameSampler, check_frames, fit_size, sample_frames
@@ -301,3 +301,11 @@ def test_streamed_encoding_stores_what_whole_clip_encoding_stores(tmp_path):
     np.testing.assert_array_equal(offsets, expected_offsets)
     np.testing.assert_allclose(times, whole.timestamps)
     assert (sampler.decoded, sampler.source_size) == (whole.source_frames, whole.source_size)
+
+
+def test_output_keys_are_those_of_the_raw_params() -> None:
+    """Checking the params must not change what an output's key says, or every cached clip of an
+    existing run would be made again."""
+    raw = load_params("frames", REPO / "params.yaml")
+    legacy = {k: raw[k] for k in KEY_PARAMS}
+    assert params_digest(FramesParams.from_params(raw).key()) == params_digest(legacy)

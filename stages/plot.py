@@ -8,28 +8,22 @@ with the reason recorded in reports/plot.json and in the report, and never ends 
 from __future__ import annotations
 
 import logging
-import shutil
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from model.atomic import atomic_path
 from model.config import from_section, require
 from model.records import SPLITS
-from stages import compare
 from stages.common import (
     load_params,
-    read_table,
     setup_logging,
     write_json,
 )
 from stages.report import attention_maps as am
-from stages.report import feature_views, figures, tables
-from stages.report.document import Context, Missing, load_npz, need, read_json, render_report, write_text
+from stages.report import figures
+from stages.report.document import Context, Missing, render_report, write_text
+from stages.report.sections import SECTIONS
 
 log = logging.getLogger(__name__)
 
@@ -76,175 +70,6 @@ class PlotConfig:
         for key in ("confidence", "alpha"):
             require(0 < getattr(cfg, key) < 1, f"plot.{key}", getattr(cfg, key), "a level in (0, 1)")
         return cfg
-
-
-# ---------------------------------------------------------------- sections
-
-
-def curves_section(ctx: Context) -> None:
-    curves = figures.read_curves(need(ctx.cfg.curves_dir))
-    if not curves:
-        raise Missing(f"no dvclive TSVs under {ctx.cfg.curves_dir}")
-    ctx.figure(
-        figures.training_curves(curves),
-        "training_curves",
-        "Training loss, validation scores and learning rate per epoch.",
-    )
-
-
-def predictions_section(ctx: Context) -> None:
-    split = ctx.cfg.split
-    pred = read_table(need(Path(ctx.cfg.predictions_dir) / f"{split}.csv"))
-    ctx.figure(
-        figures.prediction_scatter(pred),
-        f"scatter_{split}",
-        f"Predicted against true score per trait ({split}, {len(pred)} clips); dashed: identity.",
-    )
-    ctx.figure(
-        figures.error_distributions(pred),
-        f"errors_{split}",
-        f"Signed error per trait ({split}); solid: zero, dashed: mean error.",
-    )
-
-
-def metrics_section(ctx: Context) -> None:
-    m = read_json(ctx.cfg.metrics)
-    split = ctx.cfg.split
-    oracle = " and the oracle (noise-free labels from the true factors)" if "oracle" in m else ""
-    ctx.figure(
-        figures.metric_bars(m, split),
-        f"scores_{split}",
-        f"1-MAE and R² per trait with 95% bootstrap CIs, beside the training-mean baseline{oracle}.",
-    )
-    source = ctx.params.get("data", {}).get("source", "unknown")
-    ctx.table(
-        tables.results_table(m, split),
-        f"results_{split}",
-        f"1-MAE [95% CI] on the {split} split of this run ({source} data).",
-    )
-    ctx.table(
-        tables.results_table(m, split, "r2"),
-        f"results_r2_{split}",
-        f"R² [95% CI] on the {split} split ({source} data).",
-    )
-    note = (
-        " This run used the embedded synthetic data: its rows are NOT comparable with the published ones."
-        if source != "chalearn"
-        else ""
-    )
-    ctx.table(
-        tables.comparison_table(m, split, source),
-        "comparison",
-        f"1-MAE per trait beside published results on the FI V2 test split (sources in published.md).{note}",
-    )
-    ctx.table(
-        tables.published_table(),
-        "published",
-        "Published 1-MAE on the ChaLearn FI V2 test split, with sources.",
-    )
-    ctx.summaries["metrics"] = {
-        "model_mean_1mae": m[split]["mean"]["1-mae"],
-        "baseline_mean_1mae": m.get("baseline", {}).get(split, {}).get("mean", {}).get("1-mae"),
-        "oracle_mean_1mae": m.get("oracle", {}).get(split, {}).get("mean", {}).get("1-mae"),
-        "gap_closed_mean": m.get("gap_closed", {}).get(split, {}).get("mean"),
-    }
-
-
-def attention_section(ctx: Context) -> None:
-    dump = load_npz(ctx.cfg.attention)
-    reduced = am.reduce_attention(dump)
-    if not reduced:
-        raise Missing(f"{ctx.cfg.attention} holds no cross-attention weights (fusion is not cross_attention)")
-    faces = {str(c): f[len(f) // 2] for c, f in zip(dump["clips"], dump["faces"], strict=True)}
-    if dump["faces"].size and dump["faces"].min() == dump["faces"].max():
-        log.warning("%s: the dumped faces are one flat colour; the overlays show no face", ctx.cfg.attention)
-    ctx.figure(
-        am.attention_overlays(reduced, faces, ctx.boxes, ctx.cfg.attention_clips),
-        "attention_maps",
-        "Cross-attention (last fusion layer, mean over heads and queries) summed over time, over the aligned "
-        "face; dashed boxes: eye and mouth regions; right: mean over the dumped test clips.",
-    )
-    ctx.figure(
-        am.attention_over_time(reduced), "attention_time", "Attention mass per time step; thick: mean."
-    )
-    report = am.attention_mass_report(reduced, ctx.boxes, ctx.synthetic)
-    write_json(ctx.cfg.attention_mass, report)
-    ctx.summaries["attention_mass"] = {
-        d: report[d]["regions"] for d in ("static_to_dynamic", "dynamic_to_static") if d in report
-    }
-
-
-def embeddings_section(ctx: Context) -> None:
-    dump = load_npz(ctx.cfg.embeddings)
-    fig, _ = feature_views.embedding_projections(
-        dump, ctx.cfg.tsne_min_clips, ctx.cfg.tsne_perplexity, ctx.cfg.seed
-    )
-    ctx.figure(
-        fig,
-        "embeddings",
-        f"Pooled static and dynamic embeddings of the {len(dump['truth'])} test clips in 2D, coloured by true score.",
-    )
-
-
-def flow_section(ctx: Context) -> None:
-    samples = load_npz(ctx.cfg.samples)
-    if "flow_clips" not in samples or not len(samples["flow_clips"]):
-        raise Missing(f"{ctx.cfg.samples} holds no flow samples")
-    shown = {
-        str(name): (samples[f"faces_{i}"], samples[f"flow_{i}"], samples[f"steps_{i}"])
-        for i, name in enumerate(samples["flow_clips"])
-    }
-    ctx.figure(
-        feature_views.flow_panel(shown),
-        "flow",
-        "Aligned faces and the optical flow to the next frame (HSV: hue = direction, brightness = magnitude).",
-    )
-
-
-def importance_section(ctx: Context) -> None:
-    report = read_json(ctx.cfg.importance)
-    if "skipped" in report:
-        raise Missing(f"analyze skipped: {report['skipped']}")
-    split, streams = report["split"], report["streams"]
-    ctx.figure(
-        feature_views.stream_importance_figure(streams, report.get("baseline")),
-        "stream_importance",
-        f"1-MAE ({split}) with both streams and with one stream's input zeroed, beside the training-mean baseline.",
-    )
-    occ = report["occlusion"]
-    columns = tuple(next(iter(occ["maps"].values())))
-    maps = {s: np.array([m[c] for c in columns]) for s, m in occ["maps"].items()}
-    mean_face = load_npz(ctx.cfg.samples)["mean_face"]
-    ctx.figure(
-        feature_views.occlusion_figure(maps, columns, mean_face, ctx.boxes),
-        "occlusion",
-        f"Occlusion importance ({occ['clips']} {split} clips, {occ['cells']}x{occ['cells']} "
-        "cells): mean absolute change of each trait's prediction when a cell of the faces (or flow) is blanked.",
-    )
-    ctx.summaries["stream_importance"] = {k: v for k, v in streams.items() if k.startswith("drop_")}
-
-
-def ablations_section(ctx: Context) -> None:
-    """Put the ablation table of `python -m stages.compare --table` beside the other tables and in the report."""
-    root = Path(ctx.cfg.ablations_dir)
-    table = need(root / f"{compare.TABLE}.md")
-    for src in (table, root / f"{compare.TABLE}.tex"):
-        if src.exists():
-            with atomic_path(Path(ctx.cfg.tables_dir) / src.name) as tmp:
-                shutil.copyfile(src, tmp)
-    ctx.external_tables[table.stem] = table
-
-
-SECTIONS: dict[str, Callable[[Context], None]] = {
-    "training curves": curves_section,
-    "predictions": predictions_section,
-    "metrics and tables": metrics_section,
-    "attention": attention_section,
-    "embeddings": embeddings_section,
-    "flow": flow_section,
-    "model analyses": importance_section,
-    "ablations": ablations_section,
-}
 
 
 # ---------------------------------------------------------------- the stage

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -12,6 +13,7 @@ import yaml
 from model.metrics import BootstrapConfig
 from model.records import TRAITS
 from stages import compare
+from stages.report import ablations
 
 N_CLIPS = 60
 BOOT = BootstrapConfig(n_resamples=300, confidence=0.95, seed=0)
@@ -28,9 +30,9 @@ def predictions(truth: np.ndarray, pred: np.ndarray, clips: list[str]) -> pd.Dat
 def write_run(root, variant: str, seed: int, frame: pd.DataFrame, params: dict) -> None:
     d = root / variant / f"seed{seed}"
     d.mkdir(parents=True)
-    frame.to_csv(d / compare.PREDICTIONS, index=False)
-    (d / compare.METRICS).write_text("{}")
-    (d / compare.PARAMS).write_text(yaml.safe_dump(params))
+    frame.to_csv(d / ablations.PREDICTIONS, index=False)
+    (d / ablations.METRICS).write_text("{}")
+    (d / ablations.PARAMS).write_text(yaml.safe_dump(params))
 
 
 @pytest.fixture
@@ -55,7 +57,7 @@ def runs(tmp_path):
 
 
 def test_table_separates_a_worse_variant_from_an_identical_one(runs):
-    table, summary = compare.build_table(runs, "full", BOOT, alpha=0.05)
+    table, summary = ablations.build_table(runs, "full", BOOT, alpha=0.05)
     assert list(table["variant"]) == ["full", "noise", "same", "worse"]
     v = summary["variants"]
     worse, same, noise = v["worse"]["vs_full"], v["same"]["vs_full"], v["noise"]["vs_full"]
@@ -76,10 +78,10 @@ def test_table_separates_a_worse_variant_from_an_identical_one(runs):
 
 def test_seeds_are_pooled_per_clip_before_testing(runs):
     groups = {}
-    for run in compare.read_runs(runs):
+    for run in ablations.read_runs(runs):
         groups.setdefault(run.variant, []).append(run)
-    s = compare.summarize_variant(groups["full"])
-    e0, e1 = (compare.abs_errors(r.predictions) for r in groups["full"])
+    s = ablations.summarize_variant(groups["full"])
+    e0, e1 = (ablations.abs_errors(r.predictions) for r in groups["full"])
     np.testing.assert_allclose(s.errors.loc[e0.index].to_numpy(), (e0 + e1).to_numpy() / 2)
     per_seed = [1 - e.to_numpy().mean() for e in (e0, e1)]
     assert s.one_minus_mae["mean"] == pytest.approx(np.mean(per_seed))
@@ -88,7 +90,7 @@ def test_seeds_are_pooled_per_clip_before_testing(runs):
 
 def test_missing_full_model_is_an_error(runs):
     with pytest.raises(KeyError):
-        compare.build_table(runs, "no-such-variant", BOOT, 0.05)
+        ablations.build_table(runs, "no-such-variant", BOOT, 0.05)
 
 
 def test_collect_and_table_commands(tmp_path, monkeypatch, runs):
@@ -100,17 +102,17 @@ def test_collect_and_table_commands(tmp_path, monkeypatch, runs):
         tmp_path / "reports" / "predictions" / "test.csv", index=False
     )
     (tmp_path / "reports" / "metrics.json").write_text(json.dumps({"test": {}}))
-    params = yaml.safe_load((compare.Path(__file__).parents[1] / "params.yaml").read_text())
+    params = yaml.safe_load((Path(__file__).parents[1] / "params.yaml").read_text())
     params["plot"].update({"ablations_dir": str(runs), "n_resamples": 100})
     params["train"]["seed"] = 7
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
 
     compare.main(["--collect", "perfect"])
     dest = runs / "perfect" / "seed7"
-    assert (dest / compare.PREDICTIONS).read_bytes() == (
+    assert (dest / ablations.PREDICTIONS).read_bytes() == (
         tmp_path / "reports/predictions/test.csv"
     ).read_bytes()
-    assert (dest / compare.METRICS).exists() and (dest / compare.PARAMS).exists()
+    assert (dest / ablations.METRICS).exists() and (dest / ablations.PARAMS).exists()
     with pytest.raises(ValueError):
         compare.main(["--collect", "../escape"])
 

@@ -16,7 +16,7 @@ import yaml
 from model.records import LABEL_COLUMNS, SPLITS
 from stages import download_verify
 from stages.common import SkipClip, read_labels
-from stages.download_verify import check_labels, label_stats, probe_video, verify_dataset
+from stages.sources.verify import check_labels, find_videos, label_stats, probe_video, verify_dataset
 from tests.archive_helpers import CLIPS, PASSWORD, make_mp4, official_archives
 
 
@@ -207,8 +207,11 @@ def test_main_chalearn_from_local_archives(tmp_path, monkeypatch):
 def test_main_rejects_an_unknown_source(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     write_params(tmp_path, {"source": "youtube"})
-    with pytest.raises(ValueError, match="youtube"):
+    with pytest.raises(
+        SystemExit, match=r"data\.source: 'youtube' is not allowed; expected synthetic or chalearn"
+    ):
         download_verify.main()
+    assert not (tmp_path / "data").exists()  # stopped before generating or removing anything
 
 
 def test_main_with_the_real_synthetic_generator(tmp_path, monkeypatch):
@@ -240,7 +243,7 @@ def test_a_killed_runs_temporary_videos_are_removed_and_never_listed(tmp_path, m
     leftovers = [train / ".ab12cd34.partial", train / "train_000.000.mp4.ab12cd34.partial.mp4"]
     make_mp4(leftovers[1], seed=9)  # an earlier version's temporary name, a whole video
     leftovers[0].write_bytes(leftovers[1].read_bytes()[:100])  # this version's, cut by the kill
-    assert not {c.name for c in download_verify.find_videos(train.parent)} & {p.stem for p in leftovers}
+    assert not {c.name for c in find_videos(train.parent)} & {p.stem for p in leftovers}
     download_verify.main()
     assert not any(p.exists() for p in leftovers)
     labels = read_labels(tmp_path / "data" / "raw" / "labels.csv")

@@ -17,8 +17,8 @@ from model.metrics import BootstrapConfig
 from model.network import build_model
 from model.records import LABEL_COLUMNS, TRAITS
 from model.training import RunConfigs, save_checkpoint
-from stages import analyze, compare, evaluate, plot
-from stages.report import tables
+from stages import analyze, evaluate, plot
+from stages.report import ablations, tables
 
 FACE, FLOW, K = 32, 16, 2
 
@@ -179,18 +179,18 @@ def test_report_embeds_the_ablation_table_that_compare_made(evaluated_run, monke
     params = {**params, "plot": {**params["plot"], "ablations_dir": str(tmp_path)}}
     predictions = root / "reports" / "predictions" / "test.csv"
     for variant in ("full", "copy"):
-        compare.collect(
+        ablations.collect(
             variant, 0, predictions, root / "reports" / "metrics.json", root / "params.yaml", tmp_path
         )
-    table, summary = compare.build_table(tmp_path, "full", BootstrapConfig(50), 0.05)
-    tables.write_table(table, tmp_path, compare.TABLE, "Ablations.")
+    table, summary = ablations.build_table(tmp_path, "full", BootstrapConfig(50), 0.05)
+    tables.write_table(table, tmp_path, ablations.TABLE, "Ablations.")
     assert summary["variants"]["copy"]["vs_full"]["p_wilcoxon"] == 1.0
     ctx = plot.run(params)
     assert ctx.status["ablations"] == "done"
     assert "| copy" in (root / "reports" / "report.md").read_text()
     for suffix in (".md", ".tex"):  # the paper's tables sit together
-        copied = root / params["plot"]["tables_dir"] / f"{compare.TABLE}{suffix}"
-        assert copied.read_text() == (tmp_path / f"{compare.TABLE}{suffix}").read_text()
+        copied = root / params["plot"]["tables_dir"] / f"{ablations.TABLE}{suffix}"
+        assert copied.read_text() == (tmp_path / f"{ablations.TABLE}{suffix}").read_text()
 
 
 def test_missing_inputs_skip_their_sections_without_failing(tmp_path, evaluated_run, monkeypatch):

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from model.config import from_section, require
+from model.config import ConfigError, from_section, require
 from model.records import SPLITS, Clip
 from stages.common import (
     ClipResult,
@@ -80,7 +80,13 @@ class FlowParams:
         require(p.dis_preset in DIS_PRESETS, "flow.dis_preset", p.dis_preset, f"one of {sorted(DIS_PRESETS)}")
         require(p.min_frames >= 2, "flow.min_frames", p.min_frames, "a count >= 2 (flow needs two faces)")
         require(p.workers >= 0, "flow.workers", p.workers, "a count >= 0 (0: one per core)")
-        estimator_from(asdict(p))  # a method this OpenCV lacks fails here too
+        try:
+            estimator_from(asdict(p))
+        except (
+            ValueError,
+            RuntimeError,
+        ) as exc:  # a method this OpenCV lacks (tvl1 without the contrib build)
+            raise ConfigError(f"flow.method: {p.method!r} is not available here: {exc}") from None
         return p
 
     def key(self) -> dict[str, Any]:
@@ -166,11 +172,9 @@ def stage_report(results: list[ClipResult], params: dict[str, Any]) -> dict[str,
     return report
 
 
-def make_job(params: dict[str, Any], run: ShardRun, workers: int) -> Job:
+def make_job(params: FlowParams, run: ShardRun, workers: int) -> Job:
     # This shard reads the faces of the same shard of align-faces (both follow data/shards/<k>.csv).
-    return Job(
-        FlowParams.from_params(params), str(shard_root(params["faces_dir"], run.shard)), str(run.out_dir)
-    )
+    return Job(params, str(shard_root(params.faces_dir, run.shard)), str(run.out_dir))
 
 
 def main(argv: list[str] | None = None) -> None:

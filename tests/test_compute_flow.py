@@ -160,7 +160,6 @@ def make_project(root: Path, inputs: dict[str, Path], method: str = "farneback",
             "farneback_iterations": 3,
             "dis_preset": "medium",
             "min_frames": 2,
-            "labels": "data/raw/labels.csv",
             "faces_dir": "data/faces",
             "out_dir": "data/flow",
             "report": "reports/data/flow.json",
@@ -212,8 +211,13 @@ def test_main_skips_bad_inputs_reports_magnitudes_and_resumes(tmp_path, monkeypa
 def test_main_fails_before_any_clip_when_the_method_is_unavailable(tmp_path, monkeypatch):
     make_project(tmp_path, {}, method="horn-schunck")
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(ValueError, match="unknown flow method"):
+    with pytest.raises(SystemExit, match=r"flow\.method: 'horn-schunck' is not allowed; expected one of"):
         main()
+    make_project(tmp_path / "tvl1", {}, method="tvl1")
+    monkeypatch.chdir(tmp_path / "tvl1")
+    if not hasattr(cv2, "optflow"):  # the plain OpenCV build: TV-L1 is not there
+        with pytest.raises(SystemExit, match=r"flow\.method: 'tvl1' is not available here"):
+            main()
 
 
 def test_killed_run_leaves_only_complete_outputs_and_resumes(tmp_path):

@@ -430,6 +430,11 @@ def _answer_prompt(
             proc.wait()
             message = said.decode(errors="replace").strip()
             raise ArchiveError(f"{label}: unzip did not ask for the password: {message}")
+    while termios.tcgetattr(master)[3] & termios.ECHO:  # unzip turns echo off (and flushes) before it reads
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise ArchiveError(f"{label}: unzip asked for the password but did not read it")
+        time.sleep(0.005)
     os.write(master, password.encode() + b"\n")
     return said
 

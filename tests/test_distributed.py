@@ -13,6 +13,7 @@ import torch
 import yaml
 
 from model import distributed
+from model.training import read_checkpoint
 from tests.test_train import REPO, _stage_params, dataset_dir  # noqa: F401 - dataset_dir is a fixture
 
 # One DDP step per rank on its own shard, from different initial weights; each rank saves what it holds.
@@ -89,7 +90,7 @@ def test_ddp_step_keeps_the_ranks_weights_identical(dataset_dir: Path, tmp_path:
     script.write_text(STEP_SCRIPT)
     done = _torchrun(tmp_path, str(script), str(dataset_dir), str(tmp_path))
     assert done.returncode == 0, done.stderr[-3000:]
-    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1))
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     assert r0["world_size"] == r1["world_size"] == 2
     # disjoint shards covering the 8 training clips
     assert len(r0["clips"]) == len(r1["clips"]) == 4
@@ -131,5 +132,5 @@ def test_torchrun_stage_writes_one_set_of_outputs_shaped_as_one_process(
     assert metrics["ddp"].keys() == metrics["single"].keys() and metrics["ddp"]["step"] == 1
     loss = (ddp / "live" / "plots" / "metrics" / "train" / "loss.tsv").read_text().splitlines()
     assert [int(line.split("\t")[0]) for line in loss[1:]] == [0, 1]  # one writer: each epoch once
-    state = torch.load(ddp / "model" / "last.pt", weights_only=False)
+    state = read_checkpoint(ddp / "model" / "last.pt")
     assert state["epoch"] == 2 and all("module." not in k for k in state["model"])

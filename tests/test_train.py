@@ -31,6 +31,7 @@ from model.training import (
     load_checkpoint,
     make_loss,
     make_scheduler,
+    read_checkpoint,
     save_checkpoint,
     train,
 )
@@ -218,7 +219,7 @@ def test_resume_after_a_kill_continues_from_the_right_epoch(dataset_dir: Path, t
     assert last.exists(), proc.stderr.read().decode() if proc.poll() is not None else "no checkpoint in time"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    done = torch.load(last, weights_only=False)["epoch"]
+    done = read_checkpoint(last)["epoch"]
     assert 1 <= done < 200
     first_pid = proc.pid
 
@@ -226,7 +227,7 @@ def test_resume_after_a_kill_continues_from_the_right_epoch(dataset_dir: Path, t
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err.decode()
     assert f"at epoch {done}" in err.decode()
-    state = torch.load(last, weights_only=False)
+    state = read_checkpoint(last)
     assert state["epoch"] == done + 2
     history = state["history"]
     assert [h["epoch"] for h in history] == list(range(done + 2))

@@ -74,19 +74,26 @@ def write_video(
     fps: float = 25.0,
     times: Sequence[float] | None = None,
     faststart: bool = False,
+    rotation: int = 0,
 ) -> Path:
     """Encode RGB (or [n,H,W] grayscale) frames as H.264 mp4.
 
-    `times` (seconds) gives a variable frame rate; `faststart` puts the index (moov) first.
+    `times` (seconds) gives a variable frame rate; `faststart` puts the index (moov) first;
+    `rotation` (degrees counter-clockwise, a multiple of 90) stores the frames turned the other way
+    with a display matrix that turns them back, as a phone stores portrait video.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if rotation % 360:
+        frames = np.rot90(frames, -(rotation // 90), axes=(1, 2))
     height, width = frames.shape[1:3]
     gray = frames.ndim == 3
     options = {"movflags": "faststart"} if faststart else {}
     with av.open(str(path), "w", options=options) as container:
         stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        if rotation % 360:
+            stream.set_display_rotation(rotation)
         if times is not None:
             stream.codec_context.time_base = Fraction(1, 1000)
             stream.time_base = Fraction(1, 1000)

@@ -12,6 +12,10 @@ move by up to three frames at 30 fps, which unevens the 5-fps flow steps). With
 `deblock=False` it also skips the in-loop deblocking filter (H.264 `skip_loop_filter`), about a
 fifth of the decoding work, at the price of faint block edges in the pixels. Both change the
 pixels, so the pipeline never uses them: only `predict --fast` does.
+
+Phones store portrait video sideways with a display matrix (the `rotate` tag) that players apply;
+both decoders apply it too, so frames, `source_size` and the scaled size are those of the upright
+picture (OpenCV with CAP_PROP_ORIENTATION_AUTO, PyAV by `VideoFrame.rotation`).
 """
 
 from __future__ import annotations
@@ -49,9 +53,9 @@ class FrameSampler:
     The first decoded frame at or after each multiple of 1/fps seconds is kept; the others are only
     grabbed, never converted. Opening checks the file; `max_seconds` (0: no limit) refuses a clip
     whose container declares a longer duration, and stops one that turns out longer while decoding,
-    so a clip's memory stays bounded whatever its length. After the iteration, `source_fps`,
-    `source_size`, `decoded` and `expected` describe the video. Raises SkipClip for a missing,
-    empty, unreadable or too long file.
+    so a clip's memory stays bounded whatever its length. Frames come upright (the display matrix
+    applied). After the iteration, `source_fps`, `source_size` (upright), `decoded` and `expected`
+    describe the video. Raises SkipClip for a missing, empty, unreadable or too long file.
     """
 
     def __init__(
@@ -81,6 +85,7 @@ class FrameSampler:
         if not cap.isOpened():
             cap.release()
             raise SkipClip(_unopenable_reason(self.path))
+        cap.set(cv2.CAP_PROP_ORIENTATION_AUTO, 1)  # on by default; not accepted as an open parameter
         return cap
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, float]]:
@@ -191,7 +196,9 @@ class SampledStream:
 
     Opening checks the file and reads the container's header; `expected` is then the number of
     samples its declared duration promises (0 when it declares none), so a consumer can plan
-    before the frames arrive. After the iteration, `frames()` gives what decode_sampled returns.
+    before the frames arrive. Frames come upright, turned by the display matrix as FrameSampler
+    turns them. After the iteration, `frames()` gives what decode_sampled returns and `rotation`
+    is the matrix's counter-clockwise angle in degrees (0 when there is none).
     `threads` are the decoder's (0: FFmpeg's choice); `skip` is one of SKIP; `deblock=False` skips
     the deblocking filter (codecs without one ignore it). Raises SkipClip when the file is missing,
     empty or not a video.
@@ -234,11 +241,12 @@ class SampledStream:
         self.timestamps: list[float] = []
         self.decoded, self.last_t = 0, 0.0
         self.source_size = (0, 0)
+        self.rotation = 0
         self.seconds = 0.0  # spent inside the iteration (decoding and converting)
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, float]]:
         stream, fps = self.stream, self.fps
-        next_k, out_size = 0, (0, 0)
+        next_k, out_size, turn = 0, (0, 0), None
         clock = time.perf_counter()
         try:
             with self.container:
@@ -251,9 +259,13 @@ class SampledStream:
                     if t + TIME_TOLERANCE_S < next_k / fps:
                         continue
                     if not self.timestamps:
-                        self.source_size = (frame.width, frame.height)
+                        self.rotation = frame.rotation
+                        turn = upright_turn(self.rotation)
+                        width, height = frame.width, frame.height
+                        sideways = turn in (cv2.ROTATE_90_CLOCKWISE, cv2.ROTATE_90_COUNTERCLOCKWISE)
+                        self.source_size = (height, width) if sideways else (width, height)
                         out_size = fit_size(self.source_size, self.max_side)
-                    image = _frame_to_rgb(frame, out_size)
+                    image = _frame_to_rgb(frame, out_size, turn)
                     self.timestamps.append(t)
                     next_k = int(np.floor((t + TIME_TOLERANCE_S) * fps)) + 1
                     self.seconds += time.perf_counter() - clock
@@ -349,13 +361,29 @@ def prefetch(items: Iterable[T], depth: int = 0) -> Iterator[T]:
         worker.join()
 
 
-def _frame_to_rgb(frame: av.VideoFrame, size: tuple[int, int]) -> np.ndarray:
-    """One decoded frame as RGB uint8 at `size` (width, height), area-downscaled as extract-frames does.
+# The cv2.rotate flag that undoes each number of counter-clockwise quarter turns.
+UPRIGHT_TURNS = (None, cv2.ROTATE_90_COUNTERCLOCKWISE, cv2.ROTATE_180, cv2.ROTATE_90_CLOCKWISE)
+
+
+def upright_turn(degrees: float) -> int | None:
+    """The cv2.rotate flag that undoes a display matrix rotating by `degrees` counter-clockwise
+    (VideoFrame.rotation), or None for none; like OpenCV, angles off a quarter turn are ignored."""
+    quarters = round(degrees / 90)
+    if abs(degrees - 90 * quarters) > 1:
+        return None
+    return UPRIGHT_TURNS[quarters % 4]
+
+
+def _frame_to_rgb(frame: av.VideoFrame, size: tuple[int, int], turn: int | None = None) -> np.ndarray:
+    """One decoded frame as RGB uint8 at `size` (width, height), turned upright by `turn` (a cv2.rotate
+    flag) and then area-downscaled, in OpenCV's order, as extract-frames does.
 
     (Converting at full size and resizing with OpenCV is faster than swscale's area scaling, and
     gives extract-frames' exact pixels.)
     """
     image = frame.to_ndarray(format="rgb24")
+    if turn is not None:
+        image = cv2.rotate(image, turn)
     if (image.shape[1], image.shape[0]) != size:
         image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
     return image

@@ -24,7 +24,8 @@ from stages.common import (
     setup_logging,
     write_json,
 )
-from stages.sources.chalearn import EXPECTED_COUNTS, ChalearnParams, Problem, prepare_chalearn
+from stages.sources.chalearn import ChalearnParams, prepare_chalearn
+from stages.sources.problems import Problem
 from stages.sources.synthetic import SyntheticConfig
 from stages.sources.verify import (
     label_stats,
@@ -102,12 +103,13 @@ def main() -> None:
         report["stale_videos_removed"] = prune_videos(videos_dir, keep)
         expected = synthetic_counts(cfg["synthetic"])
     elif source == "chalearn":
-        data = prepare_chalearn(cfg["chalearn"], raw_dir)
+        data = prepare_chalearn(cfg["chalearn"], raw_dir, resolve_workers(int(cfg.get("workers", 0))))
         labels, problems = data.labels, data.problems
         factors = pd.DataFrame(columns=["clip", "split"])  # the real data has no known factors
-        expected = EXPECTED_COUNTS
+        expected = data.expected
         report["archives"] = [asdict(r) for r in data.archives]
         report["extract"] = data.extract
+        report["clips"] = data.clips
     else:
         raise ValueError(f"data.source must be synthetic or chalearn, not {source!r}")
     report["prepare_s"] = round(time.perf_counter() - start, 2)

@@ -91,6 +91,22 @@ def official_archives(tmp_path: Path) -> dict[str, bytes]:
     }
 
 
+def write_clip_manifest(path: Path, videos: dict[str, tuple[str, bytes]]) -> Path:
+    """A per-clip manifest (clip, split, bytes, sha256) of clip -> (split, its bytes)."""
+    lines = ["# test clip manifest", "clip,split,bytes,sha256"]
+    lines += [f"{c}.mp4,{s},{len(b)},{hashlib.sha256(b).hexdigest()}" for c, (s, b) in videos.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def official_clip_manifest(tmp_path: Path) -> Path:
+    """The manifest of the clips official_archives made (under tmp_path/src)."""
+    videos = {
+        c: (s, (tmp_path / "src" / f"{c}.mp4").read_bytes()) for s, clips in CLIPS.items() for c in clips
+    }
+    return write_clip_manifest(tmp_path / "clips.csv", videos)
+
+
 # ---------------------------------------------------------------- ZipCrypto
 
 

@@ -39,3 +39,9 @@ def carphone_clip() -> Path:
 def annotations_dir() -> Path:
     """The official FI V2 annotation pickles."""
     return _need(ANNOTATIONS)
+
+
+@pytest.fixture
+def genuine_clips() -> Path:
+    """The folder of 40 genuine FI V2 training clips (train/*.mp4) and the official clip list."""
+    return _need(ANNOTATIONS / "clips")

@@ -29,6 +29,7 @@ from tests.archive_helpers import (
     ServerState,
     annotation_pickle,
     official_archives,
+    official_clip_manifest,
     plain_zip,
     range_server,
 )
@@ -43,9 +44,14 @@ def write_manifest(path: Path, rows: list[tuple[str, str, str]]) -> Path:
 
 
 def chalearn_cfg(tmp_path: Path, manifest: Path, archives_dir: str = "") -> dict:
+    """Params for the official archives official_archives(tmp_path) made, with their clip manifest."""
     return {
         "archives_dir": archives_dir,
         "manifest": str(manifest),
+        "clips_dir": "",
+        "annotations_dir": "",
+        "clip_manifest": str(official_clip_manifest(tmp_path)),
+        "rehearsal": False,
         "download_dir": str(tmp_path / "downloads"),
         "password": "",
         "password_env": "TEST_CHALEARN_PASSWORD",
@@ -142,7 +148,10 @@ def test_local_archives_missing_ones_and_unlabelled_videos(tmp_path, monkeypatch
     data = prepare_chalearn(chalearn_cfg(tmp_path, manifest, str(archives_dir)), tmp_path / "raw")
     assert [r.archive for r in data.archives if r.origin == "missing"] == ["train-2.zip"]
     assert any("train-2.zip" in p.reason for p in data.problems)
-    assert (tmp_path / "raw" / "videos" / "train" / "unlabelled.000.mp4").exists()
+    unlisted = [p for p in data.problems if p.clip == "unlabelled.000"]
+    assert unlisted and "not in the clip manifest" in unlisted[0].reason
+    assert not (tmp_path / "raw" / "videos" / "train" / "unlabelled.000.mp4").exists()
+    assert data.clips["not_in_manifest"] == 1
     assert not (tmp_path / "raw" / "videos" / "train" / "readme.txt").exists()
     local = [r for r in data.archives if r.origin == "local"]
     assert local and not any(r.checked for r in local) and all(len(r.sha256) == 64 for r in local)

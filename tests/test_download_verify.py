@@ -17,7 +17,7 @@ from model.records import LABEL_COLUMNS, SPLITS
 from stages import download_verify
 from stages.common import SkipClip, read_labels
 from stages.sources.verify import check_labels, find_videos, label_stats, probe_video, verify_dataset
-from tests.archive_helpers import CLIPS, PASSWORD, make_mp4, official_archives
+from tests.archive_helpers import CLIPS, PASSWORD, make_mp4, official_archives, official_clip_manifest
 
 
 def label_rows(rows: list[tuple[str, str]], value: float = 0.5) -> pd.DataFrame:
@@ -114,6 +114,7 @@ CHALEARN = {
     "max_member_mb": 16,
     "timeout_s": 10,
     "retries": 2,
+    "clip_manifest": "clips.csv",
 }
 
 
@@ -187,6 +188,7 @@ def test_main_chalearn_from_local_archives(tmp_path, monkeypatch):
     archives.mkdir()
     for name, data in official_archives(tmp_path).items():
         (archives / name).write_bytes(data)
+    official_clip_manifest(tmp_path)
     (tmp_path / "manifest.csv").write_text(
         "# none listed: every zip in the folder is used\narchive,url,sha256\n"
     )
@@ -202,6 +204,7 @@ def test_main_chalearn_from_local_archives(tmp_path, monkeypatch):
         f"{len(CLIPS[s])} usable clips, expected {n}" for s, n in report["counts"]["expected"].items()
     }
     assert len(report["archives"]) == 6 and report["extract"]["written"] == 7
+    assert report["clips"]["passed"] == 7 and report["clips"]["missing"] == {"train": 0, "val": 0, "test": 0}
 
 
 def test_main_rejects_an_unknown_source(tmp_path, monkeypatch):

@@ -1,7 +1,9 @@
-"""The real ChaLearn First Impressions V2 data: official archives to videos and label rows.
+"""The real ChaLearn First Impressions V2 data: official archives or a clip folder to videos and label rows.
 
 Archives come from a local folder or from the URLs of the manifest; each is checked against its
-sha256 before use. Labels come from the annotation pickles, which also decide each clip's split.
+sha256 before use. Clips come out of them or from a folder of extracted clips, and each is checked
+against the per-clip manifest (stages.sources.clips). Labels come from the annotation pickles,
+which also decide each clip's split (a rehearsal re-splits the clips present by YouTube video).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 
 import pandas as pd
 
+from model.atomic import atomic_path
 from model.config import from_section, require
 from model.records import SPLITS
 from stages.sources.annotations import (
@@ -36,6 +39,15 @@ from stages.sources.archives import (
     extract_nested,
     verify_sha256,
 )
+from stages.sources.clips import (
+    check_clip_files,
+    find_clip_files,
+    missing_per_split,
+    place_clip,
+    read_clip_manifest,
+    rehearsal_split,
+)
+from stages.sources.problems import Problem
 
 log = logging.getLogger(__name__)
 
@@ -59,18 +71,13 @@ class ArchiveRecord:
 
 
 @dataclass
-class Problem:
-    clip: str
-    split: str
-    reason: str
-
-
-@dataclass
 class ChalearnData:
     labels: pd.DataFrame
     archives: list[ArchiveRecord]
     problems: list[Problem] = field(default_factory=list)
     extract: dict[str, int] = field(default_factory=dict)
+    clips: dict[str, Any] = field(default_factory=dict)  # the per-clip checks: counts, missing per split
+    expected: dict[str, int] = field(default_factory=lambda: dict(EXPECTED_COUNTS))
 
 
 # ---------------------------------------------------------------- manifest and archives
@@ -106,6 +113,10 @@ class ChalearnParams:
 
     archives_dir: str = ""
     manifest: str = "configs/chalearn_manifest.csv"
+    clips_dir: str = ""
+    annotations_dir: str = ""
+    clip_manifest: str = "configs/chalearn_clips.csv"
+    rehearsal: bool = False
     download_dir: str = "data/downloads"
     password: str = ""
     password_env: str = "CHALEARN_PASSWORD"
@@ -119,6 +130,20 @@ class ChalearnParams:
         require(p.max_member_mb > 0, "data.chalearn.max_member_mb", p.max_member_mb, "megabytes > 0")
         require(p.timeout_s > 0, "data.chalearn.timeout_s", p.timeout_s, "seconds > 0")
         require(p.retries >= 0, "data.chalearn.retries", p.retries, "a count >= 0")
+        require(
+            bool(p.clip_manifest),
+            "data.chalearn.clip_manifest",
+            p.clip_manifest,
+            "the per-clip manifest's path",
+        )
+        for key in ("clips_dir", "annotations_dir"):
+            value = getattr(p, key)
+            require(
+                not value or Path(value).is_dir(),
+                f"data.chalearn.{key}",
+                value,
+                "an existing folder, or empty",
+            )
         return p
 
 
@@ -185,25 +210,31 @@ def locate_archives(
 # ---------------------------------------------------------------- labels and videos
 
 
+def loose_annotations(folders: list[str | Path | None]) -> dict[str, Path]:
+    """Annotation pickles lying unzipped in the first of these folders that holds each."""
+    found: dict[str, Path] = {}
+    for folder in folders:
+        for name in ANNOTATION_FILES:
+            if folder and name not in found and (Path(folder) / name).is_file():
+                found[name] = Path(folder) / name
+    return found
+
+
 def load_labels(
     records: list[ArchiveRecord],
-    archives_dir: str | Path | None,
+    loose_dirs: list[str | Path | None] | str | Path | None,
     work_dir: str | Path,
     *,
     passwords: list[str],
     max_member_bytes: int,
 ) -> tuple[pd.DataFrame, list[Problem]]:
-    """Label rows of every split, from annotation pickles lying in the archives folder or zipped.
+    """Label rows of every split, from annotation pickles lying in `loose_dirs` or zipped.
 
     An annotation archive that cannot be opened is a problem, and its split goes without labels.
     """
     work_dir = Path(work_dir)
     problems: list[Problem] = []
-    found: dict[str, Path] = {}
-    if archives_dir:
-        for name in ANNOTATION_FILES:
-            if (Path(archives_dir) / name).is_file():
-                found[name] = Path(archives_dir) / name
+    found = loose_annotations(loose_dirs if isinstance(loose_dirs, list) else [loose_dirs])
     for record in records:
         if record.origin == "missing" or not is_annotation_archive(record.archive):
             continue
@@ -301,15 +332,30 @@ def _unpack(
     return stats
 
 
-def prepare_chalearn(cfg: dict[str, Any], raw_dir: str | Path) -> ChalearnData:
-    """Fetch, check and unpack the official archives (params `data.chalearn`) into raw_dir."""
+def prepare_chalearn(cfg: dict[str, Any], raw_dir: str | Path, workers: int = 1) -> ChalearnData:
+    """Fetch, check and unpack the official archives, or take a clip folder (params `data.chalearn`),
+    and put every clip that matches the per-clip manifest in raw_dir/videos/<split>/<clip>.mp4.
+
+    The labels returned are those of the clips that passed; the official clips without one are
+    counted per split and listed in raw_dir/missing_clips.csv.
+    """
     raw_dir = Path(raw_dir)
+    videos_dir = raw_dir / "videos"
     download_dir = Path(cfg["download_dir"])
     archives_dir = cfg.get("archives_dir") or None
+    clips_dir = cfg.get("clips_dir") or None
     max_bytes = int(float(cfg["max_member_mb"]) * (1 << 20))
     passwords = passwords_from(cfg)
+    manifest = read_clip_manifest(cfg["clip_manifest"])
+    loose_dirs = [cfg.get("annotations_dir") or None, archives_dir]
+    entries = read_manifest(cfg["manifest"])
+    if clips_dir:  # only the annotations may still come from archives
+        have = loose_annotations(loose_dirs)
+        entries = [
+            e for e in entries if is_annotation_archive(e.archive) and len(have) < len(ANNOTATION_FILES)
+        ]
     records = locate_archives(
-        read_manifest(cfg["manifest"]),
+        entries,
         archives_dir,
         download_dir,
         timeout_s=float(cfg["timeout_s"]),
@@ -321,19 +367,89 @@ def prepare_chalearn(cfg: dict[str, Any], raw_dir: str | Path) -> ChalearnData:
         if r.origin == "missing"
     ]
     labels, label_problems = load_labels(
-        records, archives_dir, download_dir / "annotations", passwords=passwords, max_member_bytes=max_bytes
+        records, loose_dirs, download_dir / "annotations", passwords=passwords, max_member_bytes=max_bytes
     )
+    problems += label_problems
     split_of = dict(zip(labels["clip"], labels["split"], strict=True))
-    stats, video_problems = extract_videos(
-        records,
-        raw_dir / "videos",
-        split_of,
-        passwords=passwords,
-        max_member_bytes=max_bytes,
-        tmp_dir=download_dir / "tmp",
-    )
+    extract: dict[str, int] = {}
+    if clips_dir:
+        files, found_problems = find_clip_files(clips_dir)
+        problems += found_problems
+    else:
+        stats, video_problems = extract_videos(
+            records,
+            videos_dir,
+            split_of,
+            passwords=passwords,
+            max_member_bytes=max_bytes,
+            tmp_dir=download_dir / "tmp",
+        )
+        extract, problems = asdict(stats), problems + video_problems
+        files = _videos_in(videos_dir)
+    check = check_clip_files(files, manifest, split_of, workers)
+    problems += check.problems
+    passed = check.passed
+    for clip in sorted(c for c in passed if c in split_of and split_of[c] != manifest[c].split):
+        problems.append(
+            Problem(
+                clip,
+                split_of[clip],
+                f"the manifest puts it in {manifest[clip].split}; the label's split is used",
+            )
+        )
+    expected = dict(EXPECTED_COUNTS)
+    if cfg.get("rehearsal"):
+        split_of = rehearsal_split(sorted(c for c in passed if c in split_of))
+        counts = pd.Series(split_of).value_counts()
+        expected = {s: int(counts.get(s, 0)) for s in SPLITS}
+        labels = labels[labels["clip"].isin(split_of)].assign(split=lambda f: f["clip"].map(split_of))
+        log.warning(
+            "rehearsal: %d clips re-split by YouTube video into %s (never a result)", len(split_of), expected
+        )
+    final = {c: split_of.get(c, manifest[c].split) for c in passed}
+    _lay_out(videos_dir, passed, final)
+    missing = sorted((c, e.split) for c, e in manifest.items() if c not in passed)
+    _write_missing(raw_dir / "missing_clips.csv", missing)
+    labels = labels[labels["clip"].isin(passed)]
     order = {s: i for i, s in enumerate(SPLITS)}
     labels = labels.sort_values(["split", "clip"], key=lambda c: c.map(order) if c.name == "split" else c)
-    return ChalearnData(
-        labels.reset_index(drop=True), records, problems + label_problems + video_problems, asdict(stats)
-    )
+    clips_report = {
+        **check.counts,
+        "missing": missing_per_split(manifest, set(passed)),
+        "rehearsal": bool(cfg.get("rehearsal")),
+    }
+    log.info("clips checked against %s: %s", cfg["clip_manifest"], clips_report)
+    return ChalearnData(labels.reset_index(drop=True), records, problems, extract, clips_report, expected)
+
+
+def _videos_in(videos_dir: Path) -> dict[str, Path]:
+    """The mp4s the archives left in videos_dir/<split>/ (temporary files are not clips)."""
+    return {
+        p.name.removesuffix(VIDEO_SUFFIX): p
+        for split in SPLITS
+        for p in sorted((videos_dir / split).glob(f"*{VIDEO_SUFFIX}"))
+        if not p.name.startswith(".")
+    }
+
+
+def _lay_out(videos_dir: Path, passed: dict[str, Path], split_of: dict[str, str]) -> None:
+    """Put each checked clip at videos_dir/<split>/<clip>.mp4 and remove every other mp4 there
+    (all of them this stage's own: extracted, linked or copied by an earlier run)."""
+    keep = set()
+    for clip, source in passed.items():
+        dest = videos_dir / split_of[clip] / f"{clip}{VIDEO_SUFFIX}"
+        keep.add(dest)
+        if source != dest:
+            place_clip(source, dest)
+            if source.is_relative_to(videos_dir):
+                source.unlink()
+    for split in SPLITS:
+        for path in (videos_dir / split).glob(f"*{VIDEO_SUFFIX}"):
+            if path not in keep and not path.name.startswith("."):
+                path.unlink()
+
+
+def _write_missing(path: Path, missing: list[tuple[str, str]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        pd.DataFrame(missing, columns=["clip", "split"]).to_csv(tmp, index=False)

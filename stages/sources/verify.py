@@ -17,7 +17,7 @@ import pandas as pd
 from model.atomic import is_temporary
 from model.records import LABEL_COLUMNS, SPLITS, Clip
 from stages.common import ClipResult, SkipClip, run_clips
-from stages.sources.chalearn import Problem
+from stages.sources.problems import Problem
 
 log = logging.getLogger(__name__)
 

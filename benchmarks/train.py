@@ -78,6 +78,7 @@ def peak_memory_mb(device: torch.device) -> float:
 
 def measure(name: str, model_params: dict, batch: int, steps: int, device: torch.device) -> Figures:
     cfg = ModelConfig.from_params(model_params)
+    cfg.static.pretrained = cfg.dynamic.pretrained = "none"  # the cost is the same from any start
     model = build_model(cfg).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     inputs = fake_batch(cfg, batch, device)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 from model.records import LABEL_COLUMNS, TRAITS
@@ -22,6 +23,9 @@ STATIC_BACKBONES = ("resnet18", "resnet34", "resnet50")
 DYNAMIC_BACKBONES = ("light3d", "r3d_18", "r2plus1d_18")
 LOSSES = ("mse", "l1", "smooth_l1")
 SCHEDULES = ("cosine", "plateau", "none")
+# `pretrained` values that mean random init on purpose ("" is how older params and checkpoints said it)
+NO_PRETRAINED = ("none", "")
+WEIGHTS_COMMAND = "python -m stages.weights"  # makes the pretrained files (model/ only names it)
 
 
 class ConfigError(ValueError):
@@ -125,6 +129,12 @@ def _check(value: str, allowed: tuple[str, ...], what: str) -> None:
         raise ConfigError(f"{what}: {value!r} is not one of {allowed}")
 
 
+def pretrained_file(value: str) -> str | None:
+    """The weights file a `pretrained` param names, or None for random init (`none`, or "" as before)."""
+    value = value.strip()
+    return None if value.lower() in NO_PRETRAINED else value
+
+
 def _positive(cfg: Any, name: str, *keys: str, zero: bool = False) -> None:
     """Each named field is > 0 (>= 0 with `zero`)."""
     for key in keys:
@@ -140,7 +150,7 @@ class StaticConfig:
     backbone: str = "resnet18"
     frames: int = 2  # K face frames per clip
     input_size: int = 64  # faces are resized to this side before the CNN
-    pretrained: str = ""  # local torchvision state dict; empty: random init
+    pretrained: str = "none"  # local torchvision state dict (python -m stages.weights); none: random init
     freeze: str = ""  # comma-separated parameter-name prefixes, or "upto:layer2"
 
 
@@ -154,6 +164,7 @@ class DynamicConfig:
     channels: int = 16  # light3d: width of the first block (doubles per block)
     blocks: int = 3  # light3d: number of strided blocks after the stem
     subtract_mean: bool = False  # subtract each flow field's mean displacement (global motion) first
+    pretrained: str = "none"  # r3d_18 / r2plus1d_18: local state dict (RGB stem converted); none: random
 
 
 @dataclass
@@ -204,10 +215,42 @@ class ModelConfig:
         for name, rate in (("model.dropout", self.dropout), ("model.fusion.dropout", self.fusion.dropout)):
             if not 0.0 <= rate < 1.0:
                 raise ConfigError(f"{name}: {rate!r} must be in [0, 1)")
+        if self.dynamic.backbone == "light3d" and pretrained_file(self.dynamic.pretrained):
+            raise ConfigError(
+                f"model.dynamic.pretrained: {self.dynamic.pretrained!r} is not allowed with backbone light3d, "
+                "which has no pretrained weights; expected none, or backbone r3d_18 / r2plus1d_18"
+            )
         if self.fusion.dim % self.fusion.heads:
             raise ConfigError(
                 f"model.fusion.dim: {self.fusion.dim} must be divisible by model.fusion.heads ({self.fusion.heads})"
             )
+
+    def check_pretrained_files(self) -> None:
+        """Every pretrained file a used stream names exists; otherwise one ConfigError naming each
+        missing key and the command that makes the files.
+
+        For training only (stages/train.py calls it before loading any data): a model rebuilt from
+        a checkpoint takes its weights from the checkpoint and never needs these files.
+        """
+        streams = {"static": self.static, "dynamic": self.dynamic}
+        used = [s for s in streams if self.streams in ("both", s)]
+        missing = {}
+        for name in used:
+            path = pretrained_file(streams[name].pretrained)
+            if path is not None and not Path(path).is_file():
+                missing[name] = path
+        if not missing:
+            return
+        keys = "; ".join(
+            f"model.{name}.pretrained: {path!r} does not exist" for name, path in missing.items()
+        )
+        out_dir = Path(next(iter(missing.values()))).parent
+        flags = "".join(f" --{name} {streams[name].backbone}" for name in missing)
+        raise ConfigError(
+            f"{keys}. Make the pretrained weights once, on a machine with internet: "
+            f"`{WEIGHTS_COMMAND} --out-dir {out_dir}{flags}` (it prints the files it writes; copy them "
+            "here if this machine is offline), or set it to none to train from random weights on purpose"
+        )
 
     @property
     def label_columns(self) -> tuple[str, ...]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 
-from model.config import DynamicConfig, FusionConfig, ModelConfig, StaticConfig
+from model.config import DynamicConfig, FusionConfig, ModelConfig, StaticConfig, pretrained_file
 
 log = logging.getLogger(__name__)
 
@@ -74,9 +75,21 @@ class Encoded:
 # ---------------------------------------------------------------- static stream
 
 
-def load_pretrained(module: nn.Module, path: str | Path) -> nn.modules.module._IncompatibleKeys:
-    """Load a local torchvision state dict non-strictly, logging keys that did not match."""
+StateDict = dict[str, Tensor]
+
+
+def load_pretrained(
+    module: nn.Module, path: str | Path, adapt: Callable[[StateDict], StateDict] | None = None
+) -> nn.modules.module._IncompatibleKeys:
+    """Load a local torchvision state dict non-strictly, logging keys that did not match.
+
+    `adapt` rewrites the state dict first (the dynamic stream turns an RGB stem into a flow stem).
+    """
     state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise ValueError(f"{path} is not a state dict (a mapping of names to tensors)")
+    if adapt is not None:
+        state = adapt(state)
     own = module.state_dict()
     shape_mismatch = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
     state = {k: v for k, v in state.items() if k not in shape_mismatch}
@@ -114,8 +127,9 @@ class StaticStream(nn.Module):
         super().__init__()
         self.backbone = getattr(torchvision.models, cfg.backbone)(weights=None)
         self.backbone.fc = nn.Identity()
-        if cfg.pretrained:
-            load_pretrained(self.backbone, cfg.pretrained)
+        path = pretrained_file(cfg.pretrained)
+        if path is not None:
+            load_pretrained(self.backbone, path)
         self.frozen = freeze_prefixes(cfg.freeze)
         for name, param in self.backbone.named_parameters():
             if any(name.startswith(p) for p in self.frozen):
@@ -193,18 +207,65 @@ class Light3D(nn.Module):
         return x, lengths
 
 
+FLOW_STEM_KEY = "stem.0.weight"  # the first conv of torchvision's video ResNets, the one that sees RGB
+FLOW_CHANNELS = 2  # flow x and y
+
+
+def flow_stem_from_rgb(
+    state: StateDict, key: str = FLOW_STEM_KEY, channels: int = FLOW_CHANNELS
+) -> StateDict:
+    """Cross-modality initialisation (Wang et al., Temporal Segment Networks, ECCV 2016): the
+    3-channel RGB stem's filters averaged over the colour channels and the mean repeated for
+    each of the `channels` flow channels. Every other tensor is kept; a stem that already has
+    `channels` inputs is returned as it is."""
+    weight = state[key]
+    if weight.shape[1] == channels:
+        return dict(state)
+    if weight.shape[1] != 3:
+        raise ValueError(f"{key}: {tuple(weight.shape)} is not an RGB stem (3 input channels)")
+    mean = weight.mean(dim=1, keepdim=True)
+    return {**state, key: mean.repeat(1, channels, *(1,) * (weight.dim() - 2))}
+
+
+def adapt_flow_stem(state: StateDict) -> StateDict:
+    """A video ResNet state dict for the 2-channel flow stem: an RGB stem is converted, with a log line."""
+    weight = state.get(FLOW_STEM_KEY)
+    if weight is None or weight.dim() < 2 or weight.shape[1] != 3:
+        return state
+    log.info(
+        "pretrained: %s has an RGB stem %s; averaged over the colour channels for %d flow channels "
+        "(cross-modality initialisation, Wang et al. 2016)",
+        FLOW_STEM_KEY,
+        tuple(weight.shape),
+        FLOW_CHANNELS,
+    )
+    return flow_stem_from_rgb(state)
+
+
 class VideoResNet(nn.Module):
     """torchvision r3d_18 / r2plus1d_18 with a 2-channel stem, run per clip length so padding cannot leak."""
+
+    # torchvision's module names, in order: trunk.<i> is torchvision's TRUNK[i]
+    TRUNK = ("stem", "layer1", "layer2", "layer3", "layer4")
 
     def __init__(self, cfg: DynamicConfig) -> None:
         super().__init__()
         net = getattr(torchvision.models.video, cfg.backbone)(weights=None)
         old = net.stem[0]
         net.stem[0] = nn.Conv3d(
-            2, old.out_channels, old.kernel_size, stride=old.stride, padding=old.padding, bias=False
+            FLOW_CHANNELS,
+            old.out_channels,
+            old.kernel_size,
+            stride=old.stride,
+            padding=old.padding,
+            bias=False,
         )
-        self.trunk = nn.Sequential(net.stem, net.layer1, net.layer2, net.layer3, net.layer4)
         self.out_channels = net.fc.in_features
+        net.fc = nn.Identity()  # the Kinetics classifier: a pretrained file's fc.* are unexpected keys
+        path = pretrained_file(cfg.pretrained)
+        if path is not None:
+            load_pretrained(net, path, adapt=adapt_flow_stem)  # in torchvision's key layout
+        self.trunk = nn.Sequential(*(getattr(net, name) for name in self.TRUNK))
 
     def forward(self, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         outs: dict[int, tuple[Tensor, Tensor]] = {}

@@ -75,6 +75,7 @@ def run(params: dict[str, Any], tcfg: TrainConfig, paths: TrainPaths, ctx: distr
         log = logging.getLogger("stages.train")
     tracking.require_packages(tcfg)  # on every rank, before any work, so that all of them stop
     model = ModelConfig.from_params(params["model"])
+    model.check_pretrained_files()  # before any data loads; a checkpoint's reader never needs them
     configs = RunConfigs(
         model=model,
         data=DataConfig.from_configs(model, tcfg),

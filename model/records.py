@@ -14,6 +14,14 @@ LABEL_COLUMNS = (*TRAITS, "interview")
 SPLITS = ("train", "val", "test")
 
 
+def video_id(clip: str) -> str:
+    """The source video a FI V2 clip was cut from: its name before the clip number (`<YouTube id>.<nnn>`);
+    a name without a clip number is its own video."""
+    stem = clip.removesuffix(".mp4")
+    head, dot, number = stem.rpartition(".")
+    return head if dot and number.isdigit() else stem
+
+
 @dataclass(frozen=True)
 class Clip:
     """One clip of the dataset: its official name (without .mp4) and split."""

@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from model import distributed, metrics, tracking
 from model.atomic import atomic_path
+from model.card import with_scores
 from model.config import DataConfig, ModelConfig, TrainConfig
 from model.distributed import DistContext
 from model.inference import predict
@@ -71,6 +72,7 @@ class TrainResult:
     epochs_run: int  # epochs completed in total (including those before a resume)
     stopped_early: bool
     history: list[dict[str, float]]
+    card: dict[str, Any] = field(default_factory=dict)  # the best checkpoint's model card
 
 
 # ---------------------------------------------------------------- setup
@@ -220,7 +222,8 @@ def load_checkpoint(
     """
     state = read_checkpoint(path, device)
     configs = RunConfigs.from_dict(state.pop("configs"))
-    configs.model.static.pretrained = ""  # the checkpoint carries the weights
+    # the checkpoint carries the weights: no pretrained file is read
+    configs.model.static.pretrained = configs.model.dynamic.pretrained = "none"
     model = build_model(configs.model)
     model.load_state_dict(state.pop("model"))
     return model.to(device).eval(), configs, state
@@ -259,6 +262,7 @@ def train(
     out_dir: str | Path,
     live: tracking.Tracker | Any | None = None,
     ctx: DistContext | None = None,
+    card: dict[str, Any] | None = None,
 ) -> TrainResult:
     """Train with validation each epoch; best.pt on a better validation mean 1-MAE, last.pt always.
 
@@ -293,6 +297,7 @@ def train(
     scaler = torch.amp.GradScaler("cuda", enabled=cfg.amp and device.type == "cuda")
     loss_fn = make_loss(cfg.loss)
     start_epoch, best_score, best_epoch, history = 0, -math.inf, -1, []
+    best_card = card or {}
     if resume:
         state = read_checkpoint(last_path, device)
         model.load_state_dict(state["model"])
@@ -301,11 +306,12 @@ def train(
         scaler.load_state_dict(state["scaler"])
         start_epoch, best_score, best_epoch = state["epoch"], state["best_score"], state["best_epoch"]
         history = state["history"]
+        best_card = state.get("card") or best_card
         for row in history:  # the logs restart with the run: replay the epochs already done
             tracker.log(row)
         if state.get("stopped"):
             log.info("%s is from a run that already stopped early: nothing to resume", last_path)
-            return TrainResult(best_score, best_epoch, len(history), True, history)
+            return TrainResult(best_score, best_epoch, len(history), True, history, best_card)
         log.info(
             "resuming from %s at epoch %d (best %.4f at epoch %d)",
             last_path,
@@ -344,6 +350,7 @@ def train(
             improved = score > best_score
             if improved:
                 best_score, best_epoch = score, epoch
+                best_card = with_scores(best_card, "validation", val, best_epoch=epoch + 1)
             row = {
                 "epoch": epoch,
                 "pid": os.getpid(),
@@ -365,6 +372,7 @@ def train(
                 "best_epoch": best_epoch,
                 "history": history,
                 "stopped": cfg.patience > 0 and epoch - best_epoch >= cfg.patience,
+                "card": best_card,
             }
             if ctx.is_main:  # the other ranks hold the same weights: one writer
                 if improved:
@@ -380,4 +388,4 @@ def train(
                 log.info("early stop: no improvement for %d epochs", cfg.patience)
                 stopped_early = True
                 break
-    return TrainResult(best_score, best_epoch, len(history), stopped_early, history)
+    return TrainResult(best_score, best_epoch, len(history), stopped_early, history, best_card)

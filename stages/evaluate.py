@@ -2,9 +2,10 @@
 
 Reads params `evaluate`, the checkpoint, labels and (synthetic data) factors.csv with the oracle;
 writes reports/metrics.json (per-trait and mean 1-MAE, R², Pearson r, CCC with bootstrap CIs,
-beside the training-mean baseline, the oracle and the gap closed), every clip's prediction in
-reports/predictions/<split>.csv, the test clips' embeddings, the attention of the first test
-clips, and reports/evaluate.json (clips left out and why, timings).
+beside the training-mean baseline, the oracle and the gap closed; also on the test clips of people
+with no clip in training), every clip's prediction in reports/predictions/<split>.csv, the test
+clips' embeddings, the attention of the first test clips, the model card with the test scores
+(reports/model_card.json) and reports/evaluate.json (clips left out and why, timings).
 """
 
 from __future__ import annotations
@@ -19,11 +20,12 @@ import pandas as pd
 import torch
 
 from model import metrics
+from model.card import with_scores
 from model.config import DataConfig, from_section, require
 from model.data import ClipDataset, make_loader
 from model.inference import Inference, predict
 from model.network import DualStreamNet
-from model.records import Clip
+from model.records import Clip, video_id
 from model.training import load_checkpoint, resolve_device
 from stages.common import (
     atomic_path,
@@ -40,6 +42,8 @@ from stages.report.scores import SplitResult, label_matrix, metrics_json, predic
 EVAL_SPLITS = ("val", "test")
 ATTENTION_SPLIT = "test"
 ORACLE_PREFIX = "oracle_"
+# The test clips of a person (a FI V2 YouTube video, a synthetic face) with no clip in training.
+UNSEEN = "test_unseen_identity"
 
 
 @dataclass
@@ -62,6 +66,7 @@ class EvalConfig:
     attention: str = "reports/attention/test.npz"
     embeddings: str = "reports/embeddings/test.npz"
     report: str = "reports/evaluate.json"
+    card: str = "reports/model_card.json"
 
     @classmethod
     def from_params(cls, d: dict[str, Any]) -> EvalConfig:
@@ -86,6 +91,28 @@ def split_dataset(
     dataset = ClipDataset(sources, labels, data_cfg, train=False)
     left_out.update(dataset.preload())
     return dataset, left_out
+
+
+def identities(labels: pd.DataFrame, factors: pd.DataFrame | None) -> dict[str, str]:
+    """Clip -> the person in it: the synthetic generator's face_id where factors.csv has one, else
+    the FI V2 YouTube video the clip was cut from (most videos show one speaker)."""
+    found = {c: video_id(c) for c in labels["clip"]}
+    if factors is not None and "face_id" in factors.columns:
+        found |= {c: f"face{int(f)}" for c, f in zip(factors["clip"], factors["face_id"], strict=True)}
+    return found
+
+
+def unseen_identity_mask(clips: list[str], labels: pd.DataFrame, factors: pd.DataFrame | None) -> np.ndarray:
+    """Which of these clips show a person with no clip in the training split."""
+    who = identities(labels, factors)
+    seen = {who[c] for c in labels.loc[labels["split"] == "train", "clip"]}
+    return np.array([who[c] not in seen for c in clips], dtype=bool)
+
+
+def card_scores(scores: dict[str, Any]) -> dict[str, float]:
+    """A split's 1-MAE and R² per output and for the mean, named as the card's validation scores are."""
+    blocks = {name: block for name, block in scores.items() if isinstance(block, dict)}  # not n_clips
+    return {f"{m}/{name}": block[m] for name, block in blocks.items() for m in ("1-mae", "r2") if m in block}
 
 
 def run_split(
@@ -168,7 +195,7 @@ def main() -> None:
     model, configs, state = load_checkpoint(cfg.checkpoint, device)
     columns = tuple(configs.data.label_columns)
     labels = read_labels(cfg.labels)
-    factors = read_labels(cfg.factors) if Path(cfg.factors).exists() else None
+    factors = raw_factors = read_labels(cfg.factors) if Path(cfg.factors).exists() else None
     if factors is not None and not {f"{ORACLE_PREFIX}{c}" for c in columns} <= set(factors.columns):
         factors = None  # real data: factors.csv holds only clip and split, there is no oracle
     train_truth = labels.loc[labels["split"] == "train", list(columns)].to_numpy(np.float64)
@@ -196,6 +223,15 @@ def main() -> None:
             "%s: %d clips (%d left out), mean 1-MAE %.4f, baseline %.4f%s",
             split, len(truth), len(left_out), r.model["mean"]["1-mae"], r.baseline["mean"]["1-mae"], gap,
         )  # fmt: skip
+        if split == "test":
+            unseen = unseen_identity_mask(inference.clips, labels, raw_factors)
+            report[split]["unseen_identity_clips"] = int(unseen.sum())
+            if unseen.sum() >= 2:
+                results[UNSEEN] = score_all(
+                    truth[unseen], inference.pred[unseen], train_truth,
+                    None if oracle is None else oracle[unseen], columns, cfg.bootstrap,
+                )  # fmt: skip
+            log.info("test: %d of %d clips show a person with no clip in training", unseen.sum(), len(unseen))
         if split == ATTENTION_SPLIT:
             write_test_dumps(inference, attention_arrays(inference, dataset), truth, columns, cfg)
 
@@ -205,6 +241,12 @@ def main() -> None:
         save_npz(cfg.attention, skipped=reason)
         save_npz(cfg.embeddings, skipped=reason)
     write_json(cfg.metrics, metrics_json(results))
+    card = state.get("card") or {}
+    counts = {"test": report["test"]["clips"], UNSEEN: report["test"].get("unseen_identity_clips", 0)}
+    for split, n in counts.items():
+        if split in results:
+            card = with_scores(card, split, card_scores(results[split].model), clips=n)
+    write_json(cfg.card, card)
     report["seconds"] = time.perf_counter() - start
     write_json(cfg.report, report)
     log.info("evaluate done in %.1f s", report["seconds"])

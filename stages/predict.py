@@ -34,6 +34,7 @@ import torch
 from tqdm import tqdm
 
 from model.atomic import atomic_path
+from model.card import card_warning
 from model.config import ConfigError, DataConfig, from_section, require
 from model.data import Batch, clip_arrays, collate, frame_indices, make_sample
 from model.training import load_checkpoint, resolve_device
@@ -163,7 +164,10 @@ class Predictor:
         if threads > 0:
             torch.set_num_threads(threads)
         self.device = resolve_device(device)
-        self.model, self.configs, _ = load_checkpoint(checkpoint, self.device)
+        self.model, self.configs, state = load_checkpoint(checkpoint, self.device)
+        self.card: dict[str, Any] = state.get("card") or {}
+        self.data_source = str(self.card.get("data_source", "unknown"))
+        self.warning = card_warning(self.card)  # what a user must hear before reading the scores
         self.columns = self.configs.model.label_columns
         pre = Preprocess.from_checkpoint(self.configs.preprocess, params_path)
         self.preprocessor = ClipPreprocessor(pre, threads)
@@ -273,10 +277,11 @@ def write_results(
     results: list[ClipPrediction], columns: Sequence[str], fmt: str, out: str | None, meta: dict[str, Any]
 ) -> None:
     """JSON (meta plus one record per clip) or CSV (one row per clip) to `out`, or stdout when None."""
-    if fmt == "csv":
+    if fmt == "csv":  # every row says what the model was trained on
         buffer = io.StringIO()
-        rows = [r.row(columns) for r in results]
-        header = list(ClipPrediction("", "", False).row(columns))
+        source = {"model_data_source": meta.get("model_data_source", "unknown")}
+        rows = [r.row(columns) | source for r in results]
+        header = list(ClipPrediction("", "", False).row(columns) | source)
         writer = csv.DictWriter(buffer, fieldnames=header, lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
@@ -359,12 +364,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - an unreadable or incompatible checkpoint: say so, no traceback
         logger.error("cannot load the model %s: %s: %s", args.model, type(exc).__name__, exc)
         return 2
+    if predictor.warning:
+        print(f"predict: WARNING: {predictor.warning}", file=sys.stderr)
     # From the process's start: interpreter, imports (torch, TensorFlow), MTCNN and the model.
     startup_seconds = time.time() - psutil.Process().create_time()
     results = predictor.predict_many(videos, args.explain)
     failed = sum(not r.ok for r in results)
     meta = {
         "model": str(args.model),
+        "model_data_source": predictor.data_source,
+        "warning": predictor.warning,
         "fast": fast is not None,
         "outputs": list(predictor.columns),
         "startup_seconds": round(startup_seconds, 3),
@@ -374,6 +383,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logger.info(
         "%d clips predicted, %d failed (start-up %.1f s)", len(results) - failed, failed, startup_seconds
     )
+    if predictor.warning:  # again after the scores, where a reader of the terminal looks
+        print(f"predict: WARNING: {predictor.warning}", file=sys.stderr)
     return 1 if failed else 0
 
 

@@ -1,7 +1,7 @@
 """Stage train: fit the dual-stream network on the train split, validate each epoch, keep checkpoints.
 
 Reads params `model` and `train` (and records `frames`/`faces`/`flow` in the checkpoints); writes
-data/model/{best,last}.pt, dvclive logs under reports/train/ and its summary.json (clips used
+data/model/{best,last}.pt, the model card data/model/card.json (model/card.py), dvclive logs under reports/train/ and its summary.json (clips used
 and skipped, best score and epoch, time, throughput, memory). With `train.tensorboard` /
 `train.wandb` the same per-epoch metrics also go to TensorBoard and to an offline W&B run
 (side logs outside DVC's outs; see model/tracking.py).
@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from model import distributed, tracking
+from model.card import card_warning, make_card
 from model.config import TRAIN_PATHS, DataConfig, ModelConfig, TrainConfig, flatten
 from model.data import ClipDataset, make_loader
 from model.records import Clip
@@ -29,12 +30,16 @@ from model.training import RunConfigs, resolve_device, seed_everything, train
 from stages.common import (
     clip_sources,
     load_params,
+    params_digest,
     read_labels,
     remove_partials,
     resolve_workers,
     setup_logging,
     write_json,
 )
+
+# The params sections that decide what a model is: its card's digest covers them.
+CARD_SECTIONS = ("data", "frames", "faces", "flow", "model", "train")
 
 
 @dataclass(frozen=True)
@@ -112,12 +117,23 @@ def run(params: dict[str, Any], tcfg: TrainConfig, paths: TrainPaths, ctx: distr
     if ctx.is_main:
         dirs = tracking.TrackingDirs(paths.live_dir, paths.tensorboard_dir, paths.wandb_dir)
         tracker = tracking.open_tracker(tcfg, dirs, flatten({k: params[k] for k in ("model", "train")}))
+    data = params.get("data", {})
+    source = str(data.get("source", "synthetic"))
+    card = make_card(
+        source,
+        {**{s: len(ds) for s, ds in datasets.items()}, "test": int((labels["split"] == "test").sum())},
+        params_digest({k: params.get(k, {}) for k in CARD_SECTIONS}),
+        rehearsal=source == "chalearn" and bool(data.get("chalearn", {}).get("rehearsal")),
+    )
     with tracker or contextlib.nullcontext():
-        result = train(configs, train_loader, val_loader, out_dir, tracker, ctx)
+        result = train(configs, train_loader, val_loader, out_dir, tracker, ctx, card)
     seconds = time.perf_counter() - start
     if not ctx.is_main:
         return
     last = result.history[-1] if result.history else {}
+    write_json(out_dir / "card.json", result.card)
+    if warning := card_warning(result.card):
+        log.warning("model card: %s", warning)
     write_json(
         Path(paths.live_dir) / "summary.json",
         {

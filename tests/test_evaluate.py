@@ -10,6 +10,7 @@ import pytest
 import torch
 import yaml
 
+from model.card import make_card, with_scores
 from model.config import DataConfig, ModelConfig, TrainConfig
 from model.network import build_model
 from model.records import LABEL_COLUMNS, TRAITS
@@ -138,8 +139,10 @@ def tiny_run(tmp_path, monkeypatch):
 def test_evaluate_run_writes_metrics_predictions_and_dumps(tiny_run):
     evaluate.main()
     m = json.loads((tiny_run / "reports" / "metrics.json").read_text())
-    assert set(m) == {"val", "test", "baseline", "oracle", "gap_closed"}
+    assert set(m) == {"val", "test", "test_unseen_identity", "baseline", "oracle", "gap_closed"}
     assert m["test"]["n_clips"] == 3 and m["val"]["n_clips"] == 3
+    # no test clip's video (the name before its number) has a training clip: all of them are unseen
+    assert m["test_unseen_identity"] == m["test"]
     for section in (m["test"], m["baseline"]["test"], m["oracle"]["val"]):
         assert set(section) == {"n_clips", "mean", *TRAITS}
         assert 0 < section["mean"]["1-mae"] <= 1
@@ -177,6 +180,39 @@ def test_evaluate_run_writes_metrics_predictions_and_dumps(tiny_run):
     with np.load(tiny_run / "reports" / "embeddings" / "test.npz") as z:
         assert z["static_emb"].shape == (3, 16) and z["dynamic_emb"].shape == (3, 16)
         np.testing.assert_allclose(z["pred"], test.filter(like="_pred").to_numpy(), rtol=1e-5)
+
+
+def test_unseen_identities_are_scored_apart_and_the_card_gets_the_test_scores(tiny_run):
+    """Test clips of a face that also appears in training are left out of the unseen-identity block."""
+    factors = pd.read_csv(tiny_run / "data" / "factors.csv")
+    first_test = factors.index[factors["split"] == "test"][0]
+    factors["face_id"] = np.arange(len(factors)) + 100  # every clip its own face
+    factors.loc[first_test, "face_id"] = factors.loc[
+        0, "face_id"
+    ]  # ... but the first test clip's is in training
+    factors.to_csv(tiny_run / "data" / "factors.csv", index=False)
+    configs = _tiny_configs()
+    card = make_card("synthetic", {"train": 4, "val": 3, "test": 5}, "abc123")
+    card = with_scores(card, "validation", {"1-mae/mean": 0.9, "loss": 0.1}, best_epoch=2)
+    save_checkpoint(tiny_run / "data" / "best.pt", build_model(configs.model), configs, epoch=3, card=card)
+    evaluate.main()
+
+    m = json.loads((tiny_run / "reports" / "metrics.json").read_text())
+    assert m["test"]["n_clips"] == 3 and m["test_unseen_identity"]["n_clips"] == 2
+    test = pd.read_csv(tiny_run / "reports" / "predictions" / "test.csv").iloc[1:]  # the two unseen clips
+    assert m["test_unseen_identity"]["openness"]["1-mae"] == pytest.approx(
+        1 - test["openness_abs_err"].mean()
+    )
+    assert (
+        json.loads((tiny_run / "reports" / "evaluate.json").read_text())["test"]["unseen_identity_clips"] == 2
+    )
+
+    written = json.loads((tiny_run / "reports" / "model_card.json").read_text())
+    assert written["data_source"] == "synthetic" and written["params_digest"] == "abc123"
+    assert written["validation"] == {"1-mae/mean": 0.9, "best_epoch": 2}
+    assert written["test"]["clips"] == 3 and written["test_unseen_identity"]["clips"] == 2
+    assert written["test"]["1-mae/mean"] == pytest.approx(m["test"]["mean"]["1-mae"])
+    assert written["test"]["r2/openness"] == pytest.approx(m["test"]["openness"]["r2"])
 
 
 @pytest.mark.parametrize("n_attention", [0, 1, 10])

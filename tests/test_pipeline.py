@@ -72,6 +72,16 @@ def test_repro_writes_every_output(project: Path) -> None:
     predictions = pd.read_csv(project / "reports/predictions/test.csv")
     assert len(predictions) > 0
     assert {f"{t}_pred" for t in TRAITS} <= set(predictions.columns)
+    card = json.loads((project / "data/model/card.json").read_text())
+    assert card["data_source"] == "synthetic" and len(card["params_digest"]) == 16
+    assert card["clips"]["test"] == (labels["split"] == "test").sum()
+    assert (
+        card["validation"]["1-mae/mean"]
+        == json.loads((project / "reports/train/summary.json").read_text())["best_val_1mae_mean"]
+    )
+    with_test = json.loads((project / "reports/model_card.json").read_text())
+    assert with_test["test"]["1-mae/mean"] == metrics["test"]["mean"]["1-mae"]
+    assert with_test["test"]["clips"] == metrics["test"]["n_clips"]
 
 
 def test_second_repro_changes_nothing(project: Path) -> None:

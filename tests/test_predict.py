@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from model.card import make_card
 from model.config import DataConfig, ModelConfig, TrainConfig
 from model.data import ClipDataset, collate
 from model.network import build_model
@@ -65,7 +66,8 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
     configs = tiny_configs({k: PARAMS[k] for k in ("frames", "faces", "flow")})
     path = tmp_path_factory.mktemp("model") / "tiny.pt"
-    save_checkpoint(path, build_model(configs.model), configs)
+    card = make_card("synthetic", {"train": 4, "val": 2, "test": 2}, "digest")
+    save_checkpoint(path, build_model(configs.model), configs, card=card)
     return path
 
 
@@ -304,3 +306,28 @@ def test_cli_on_a_folder_writes_csv_and_exits_non_zero_on_a_bad_clip(
     assert all(0 <= float(rows["good"][t]) <= 1 for t in TRAITS)
     assert "cannot open" in rows["text"]["error"] and rows["text"]["openness"] == ""
     assert (tmp_path / "explain" / "good.png").is_file()
+    # a model trained on the synthetic faces: said on stderr, before and after the scores, and in every row
+    assert proc.stderr.count("WARNING: this model was trained on the embedded synthetic faces") == 2
+    assert {r["model_data_source"] for r in rows.values()} == {"synthetic"}
+
+
+@pytest.mark.parametrize(
+    ("card", "warning"),
+    [
+        (make_card("synthetic", {"train": 4}, "d"), "not personality estimates"),
+        (make_card("chalearn", {"train": 40}, "d", rehearsal=True), "rehearsal"),
+        (None, "no model card"),
+        (make_card("chalearn", {"train": 6000, "val": 2000, "test": 2000}, "d"), ""),
+    ],
+)
+def test_the_model_card_decides_the_warning(tmp_path: Path, card: dict | None, warning: str) -> None:
+    configs = tiny_configs({k: PARAMS[k] for k in ("frames", "faces", "flow")})
+    extra = {} if card is None else {"card": card}
+    save_checkpoint(tmp_path / "m.pt", build_model(configs.model), configs, **extra)
+    predictor = Predictor(tmp_path / "m.pt", warm_up=False)
+    assert (warning in predictor.warning) if warning else predictor.warning == ""
+    assert predictor.data_source == (card or {}).get("data_source", "unknown")
+    write_results(
+        [], TRAITS, "json", str(tmp_path / "out.json"), {"model_data_source": predictor.data_source}
+    )
+    assert json.loads((tmp_path / "out.json").read_text())["model_data_source"] == predictor.data_source

@@ -19,6 +19,7 @@ import torch
 import yaml
 from dvclive import Live
 
+from model.card import make_card
 from model.config import DataConfig, ModelConfig, TrainConfig
 from model.data import ClipDataset, make_loader
 from model.inference import predict
@@ -109,8 +110,14 @@ def test_train_writes_checkpoints_history_and_dvclive_logs(dataset_dir: Path, tm
     lock = Path.cwd() / "dvc.lock"
     lock_before = lock.read_bytes() if lock.exists() else None
     with Live(str(tmp_path / "live"), save_dvc_exp=False, dvcyaml=None) as live:
-        result = train(configs, train_loader, val_loader, out, live)
+        card = make_card("synthetic", {"train": 8, "val": 4, "test": 0}, "digest")
+        result = train(configs, train_loader, val_loader, out, live, card=card)
     assert result.epochs_run == 2 and len(result.history) == 2
+    # every checkpoint carries the card, with the validation scores of the best epoch
+    best = read_checkpoint(out / "best.pt")["card"]
+    assert best == result.card and best["data_source"] == "synthetic" and best["clips"]["train"] == 8
+    assert best["validation"]["1-mae/mean"] == pytest.approx(result.best_score)
+    assert best["validation"]["best_epoch"] == result.best_epoch + 1
     assert (out / "best.pt").exists() and (out / "last.pt").exists()
     _, loaded, state = load_checkpoint(out / "last.pt")
     assert state["epoch"] == 2 and state["best_score"] == pytest.approx(result.best_score)

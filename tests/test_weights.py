@@ -230,20 +230,7 @@ def test_the_full_config_names_the_files_the_command_writes() -> None:
     assert names == {static["backbone"]: "imagenet1k_v2", dynamic["backbone"]: "kinetics400_v1"}
 
 
-@pytest.mark.parametrize(
-    "stream",
-    [
-        "static",
-        pytest.param(
-            "dynamic",
-            marks=pytest.mark.xfail(
-                strict=True,
-                raises=FileNotFoundError,
-                reason="model/training.py load_checkpoint resets model.static.pretrained only",
-            ),
-        ),
-    ],
-)
+@pytest.mark.parametrize("stream", ["static", "dynamic"])
 def test_a_checkpoint_loads_without_the_weights_files(stream: str, tmp_path: Path) -> None:
     """predict and evaluate take the weights from the checkpoint: the pretrained files may be gone."""
     from model.training import RunConfigs, load_checkpoint, save_checkpoint

@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from model.atomic import atomic_path, is_temporary
-from model.records import SPLITS, Clip
+from model.records import SPLITS, Clip, video_id
 from stages.common import ClipResult, file_digest, run_clips
 from stages.sources.annotations import VIDEO_SUFFIX
 from stages.sources.problems import Problem
@@ -72,10 +72,8 @@ def read_clip_manifest(path: str | Path) -> dict[str, ClipEntry]:
 
 
 def youtube_id(clip: str) -> str:
-    """The YouTube video a FI V2 clip was cut from: the name before its clip number (`<id>.<nnn>`)."""
-    stem = clip.removesuffix(VIDEO_SUFFIX)
-    head, dot, number = stem.rpartition(".")
-    return head if dot and number.isdigit() else stem
+    """The YouTube video a FI V2 clip was cut from (model.records.video_id)."""
+    return video_id(clip)
 
 
 # ---------------------------------------------------------------- a folder of clips

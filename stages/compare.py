@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
             args.collect,
             seed,
             Path(params["evaluate"]["predictions_dir"]) / f"{cfg['split']}.csv",
-            Path(params["evaluate"]["metrics"]),
+            Path(params["evaluate"]["scores"]),
             Path("params.yaml"),
             root,
         )

@@ -4,6 +4,10 @@ python -m stages.data_reports   # reports/data/{frames,faces,flow}.json from rep
 
 Each shard's report carries every clip's result; the stage's own report function then runs over
 all of them at once, so the merged figures are those of one unsharded run.
+
+The merged reports carry every clip's digest and every skipped clip's reason (10,000 of each on FI
+V2), so they are plain reports; DVC's metric is reports/data/metrics.json, a few headline figures
+of them and of download-verify's reports/data/download.json (see `headline`).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import json
 import logging
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from stages import align_faces, compute_flow, extract_frames
@@ -25,6 +30,30 @@ REPORTERS: dict[str, Callable[[list[ClipResult], dict[str, Any]], dict[str, Any]
     "faces": align_faces.stage_report,
     "flow": compute_flow.stage_report,
 }
+
+
+def metrics_path(params: dict[str, Any]) -> Path:
+    """The data stages' headline beside download-verify's report: reports/data/metrics.json."""
+    return Path(params["data"]["report"]).with_name("metrics.json")
+
+
+def headline(
+    data: dict[str, Any], frames: dict[str, Any], faces: dict[str, Any], flow: dict[str, Any]
+) -> dict[str, Any]:
+    """What `dvc metrics show` prints of the data: the clips each stage kept (videos verified, then with
+    frames, aligned faces and flow) and the share of the kept clips' sampled frames with a face. Few,
+    short keys: every leaf of a metrics file is a column of that table."""
+    out: dict[str, Any] = {
+        "videos": sum(data.get("counts", {}).get("kept", {}).values()),
+        "frames": frames["ok"],
+        "faces": faces["ok"],
+        "flow": flow["ok"],
+    }
+    detection = faces.get("detection", {}).values()
+    sampled = sum(d["frames"] for d in detection)
+    if sampled:
+        out["face_rate"] = sum(d["valid_frames"] for d in detection) / sampled
+    return out
 
 
 def merge_reports(section: str, params: dict[str, Any], shards: Shards) -> dict[str, Any]:
@@ -61,6 +90,8 @@ def main(argv: list[str] | None = None) -> None:
             shards.count,
             params[section]["report"],
         )
+    reports = {s: json.loads(Path(params[s]["report"]).read_text()) for s in ("data", *REPORTERS)}
+    write_json(metrics_path(params), headline(**reports))
 
 
 if __name__ == "__main__":

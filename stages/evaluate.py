@@ -1,11 +1,12 @@
 """Stage evaluate: score the best checkpoint on the validation and test splits.
 
 Reads params `evaluate`, the checkpoint, labels and (synthetic data) factors.csv with the oracle;
-writes reports/metrics.json (per-trait and mean 1-MAE, R², Pearson r, CCC with bootstrap CIs,
+writes reports/scores.json (per-trait and mean 1-MAE, R², Pearson r, CCC with bootstrap CIs,
 beside the training-mean baseline, the oracle and the gap closed; also on the test clips of people
-with no clip in training), every clip's prediction in reports/predictions/<split>.csv, the test
-clips' embeddings, the attention of the first test clips, the model card with the test scores
-(reports/model_card.json) and reports/evaluate.json (clips left out and why, timings).
+with no clip in training) and its headline reports/metrics.json (DVC's metric), every clip's
+prediction in reports/predictions/<split>.csv, the test clips' embeddings, the attention of the
+first test clips, the model card with the test scores (reports/model_card.json) and
+reports/evaluate.json (clips left out and why, timings).
 """
 
 from __future__ import annotations
@@ -61,7 +62,8 @@ class EvalConfig:
     confidence: float = 0.95
     seed: int = 0
     attention_clips: int = 8
-    metrics: str = "reports/metrics.json"
+    metrics: str = "reports/metrics.json"  # the headline (scores.headline): DVC's metric
+    scores: str = "reports/scores.json"
     predictions_dir: str = "reports/predictions"
     attention: str = "reports/attention/test.npz"
     embeddings: str = "reports/embeddings/test.npz"
@@ -240,7 +242,11 @@ def main() -> None:
         reason = np.array(f"{ATTENTION_SPLIT}: too few usable clips to score")
         save_npz(cfg.attention, skipped=reason)
         save_npz(cfg.embeddings, skipped=reason)
-    write_json(cfg.metrics, metrics_json(results))
+    from stages.report.scores import headline  # what `dvc metrics show` prints of the scores
+
+    scores = metrics_json(results)
+    write_json(cfg.scores, scores)
+    write_json(cfg.metrics, headline(scores))
     card = state.get("card") or {}
     counts = {"test": report["test"]["clips"], UNSEEN: report["test"].get("unseen_identity_clips", 0)}
     for split, n in counts.items():

@@ -33,7 +33,7 @@ class PlotConfig:
     """The params section `plot`."""
 
     split: str = "test"
-    metrics: str = "reports/metrics.json"
+    scores: str = "reports/scores.json"  # evaluate's every score
     predictions_dir: str = "reports/predictions"
     curves_dir: str = "reports/train/plots/metrics"
     train_report: str = "reports/train/summary.json"

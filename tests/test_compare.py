@@ -31,7 +31,7 @@ def write_run(root, variant: str, seed: int, frame: pd.DataFrame, params: dict) 
     d = root / variant / f"seed{seed}"
     d.mkdir(parents=True)
     frame.to_csv(d / ablations.PREDICTIONS, index=False)
-    (d / ablations.METRICS).write_text("{}")
+    (d / ablations.SCORES).write_text("{}")
     (d / ablations.PARAMS).write_text(yaml.safe_dump(params))
 
 
@@ -101,7 +101,7 @@ def test_collect_and_table_commands(tmp_path, monkeypatch, runs):
     predictions(truth, truth, [f"clip{i:03d}" for i in range(N_CLIPS)]).to_csv(
         tmp_path / "reports" / "predictions" / "test.csv", index=False
     )
-    (tmp_path / "reports" / "metrics.json").write_text(json.dumps({"test": {}}))
+    (tmp_path / "reports" / "scores.json").write_text(json.dumps({"test": {}}))
     params = yaml.safe_load((Path(__file__).parents[1] / "params.yaml").read_text())
     params["plot"].update({"ablations_dir": str(runs), "n_resamples": 100})
     params["train"]["seed"] = 7
@@ -112,7 +112,7 @@ def test_collect_and_table_commands(tmp_path, monkeypatch, runs):
     assert (dest / ablations.PREDICTIONS).read_bytes() == (
         tmp_path / "reports/predictions/test.csv"
     ).read_bytes()
-    assert (dest / ablations.METRICS).exists() and (dest / ablations.PARAMS).exists()
+    assert (dest / ablations.SCORES).exists() and (dest / ablations.PARAMS).exists()
     with pytest.raises(ValueError):
         compare.main(["--collect", "../escape"])
 

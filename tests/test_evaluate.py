@@ -138,8 +138,21 @@ def tiny_run(tmp_path, monkeypatch):
 
 def test_evaluate_run_writes_metrics_predictions_and_dumps(tiny_run):
     evaluate.main()
-    m = json.loads((tiny_run / "reports" / "metrics.json").read_text())
+    m = json.loads((tiny_run / "reports" / "scores.json").read_text())
     assert set(m) == {"val", "test", "test_unseen_identity", "baseline", "oracle", "gap_closed"}
+    gap = m["gap_closed"]
+    assert json.loads((tiny_run / "reports" / "metrics.json").read_text()) == {  # DVC's: the headline only
+        "test": {
+            "1-mae": m["test"]["mean"]["1-mae"],
+            "r2": m["test"]["mean"]["r2"],
+            "gap": gap["test"]["mean"],
+        },
+        "val": {"1-mae": m["val"]["mean"]["1-mae"], "gap": gap["val"]["mean"]},
+        "unseen": {
+            "1-mae": m["test_unseen_identity"]["mean"]["1-mae"],
+            "gap": gap["test_unseen_identity"]["mean"],
+        },
+    }
     assert m["test"]["n_clips"] == 3 and m["val"]["n_clips"] == 3
     # no test clip's video (the name before its number) has a training clip: all of them are unseen
     assert m["test_unseen_identity"] == m["test"]
@@ -197,7 +210,7 @@ def test_unseen_identities_are_scored_apart_and_the_card_gets_the_test_scores(ti
     save_checkpoint(tiny_run / "data" / "best.pt", build_model(configs.model), configs, epoch=3, card=card)
     evaluate.main()
 
-    m = json.loads((tiny_run / "reports" / "metrics.json").read_text())
+    m = json.loads((tiny_run / "reports" / "scores.json").read_text())
     assert m["test"]["n_clips"] == 3 and m["test_unseen_identity"]["n_clips"] == 2
     test = pd.read_csv(tiny_run / "reports" / "predictions" / "test.csv").iloc[1:]  # the two unseen clips
     assert m["test_unseen_identity"]["openness"]["1-mae"] == pytest.approx(
@@ -246,7 +259,7 @@ def test_evaluate_runs_every_ablation(tiny_run, overrides):
     configs = _tiny_configs(**overrides)
     save_checkpoint(tiny_run / "data" / "best.pt", build_model(configs.model), configs, epoch=1)
     evaluate.main()
-    m = json.loads((tiny_run / "reports" / "metrics.json").read_text())
+    m = json.loads((tiny_run / "reports" / "scores.json").read_text())
     columns = configs.model.label_columns
     test = pd.read_csv(tiny_run / "reports" / "predictions" / "test.csv")
     assert test.shape == (3, 1 + 3 * len(columns))
@@ -263,8 +276,9 @@ def test_an_unscorable_test_split_still_leaves_every_declared_output(tiny_run):
     for name in ("testclip0.000", "testclip1.001"):
         (tiny_run / "faces" / "test" / f"{name}.npz").unlink()
     evaluate.main()  # one usable test clip: too few to score
-    m = json.loads((tiny_run / "reports" / "metrics.json").read_text())
+    m = json.loads((tiny_run / "reports" / "scores.json").read_text())
     assert "test" not in m and "val" in m
+    assert set(json.loads((tiny_run / "reports" / "metrics.json").read_text())) == {"val"}
     for dump in ("attention", "embeddings"):
         with np.load(tiny_run / "reports" / dump / "test.npz") as z:
             assert "too few usable clips" in str(z["skipped"])

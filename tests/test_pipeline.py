@@ -66,9 +66,12 @@ def test_repro_writes_every_output(project: Path) -> None:
     for stage_dir in ("frames", "faces", "flow"):
         assert list((project / "data" / stage_dir).rglob("*.npz")), stage_dir
     assert (project / "data/model/best.pt").is_file()
-    metrics = json.loads((project / "reports/metrics.json").read_text())
+    scores = json.loads((project / "reports/scores.json").read_text())
     for trait in TRAITS:
-        assert 0.0 <= metrics["test"][trait]["1-mae"] <= 1.0
+        assert 0.0 <= scores["test"][trait]["1-mae"] <= 1.0
+    shown = run(["dvc", "metrics", "show"], project)  # the headline files only, one narrow row each
+    assert "reports/metrics.json" in shown and "reports/data/metrics.json" in shown
+    assert max(len(line) for line in shown.splitlines()) < 200, shown
     predictions = pd.read_csv(project / "reports/predictions/test.csv")
     assert len(predictions) > 0
     assert {f"{t}_pred" for t in TRAITS} <= set(predictions.columns)
@@ -80,8 +83,8 @@ def test_repro_writes_every_output(project: Path) -> None:
         == json.loads((project / "reports/train/summary.json").read_text())["best_val_1mae_mean"]
     )
     with_test = json.loads((project / "reports/model_card.json").read_text())
-    assert with_test["test"]["1-mae/mean"] == metrics["test"]["mean"]["1-mae"]
-    assert with_test["test"]["clips"] == metrics["test"]["n_clips"]
+    assert with_test["test"]["1-mae/mean"] == scores["test"]["mean"]["1-mae"]
+    assert with_test["test"]["clips"] == scores["test"]["n_clips"]
 
 
 def test_second_repro_changes_nothing(project: Path) -> None:

@@ -180,7 +180,7 @@ def test_report_embeds_the_ablation_table_that_compare_made(evaluated_run, monke
     predictions = root / "reports" / "predictions" / "test.csv"
     for variant in ("full", "copy"):
         ablations.collect(
-            variant, 0, predictions, root / "reports" / "metrics.json", root / "params.yaml", tmp_path
+            variant, 0, predictions, root / "reports" / "scores.json", root / "params.yaml", tmp_path
         )
     table, summary = ablations.build_table(tmp_path, "full", BootstrapConfig(50), 0.05)
     tables.write_table(table, tmp_path, ablations.TABLE, "Ablations.")

@@ -26,7 +26,7 @@ from stages.common import read_table
 log = logging.getLogger(__name__)
 
 PREDICTIONS = "predictions.csv"
-METRICS = "metrics.json"
+SCORES = "scores.json"  # evaluate's every score (reports/scores.json)
 PARAMS = "params.yaml"
 TABLE = "ablations"  # <ablations_dir>/ablations.{md,tex,json}: outside the pipeline's outputs, like the runs
 
@@ -55,15 +55,13 @@ class VariantSummary:
 # ---------------------------------------------------------------- collecting
 
 
-def collect(
-    name: str, seed: int | str, predictions: Path, metrics_path: Path, params: Path, root: Path
-) -> Path:
-    """Copy this workspace's test predictions, metrics and params into <root>/<name>/seed<seed>/."""
+def collect(name: str, seed: int | str, predictions: Path, scores: Path, params: Path, root: Path) -> Path:
+    """Copy this workspace's test predictions, scores and params into <root>/<name>/seed<seed>/."""
     if not name or "/" in name or name.startswith("."):
         raise ValueError(f"bad variant name {name!r}")
     dest = root / name / f"seed{seed}"
     dest.mkdir(parents=True, exist_ok=True)
-    for src, target in ((predictions, PREDICTIONS), (metrics_path, METRICS), (params, PARAMS)):
+    for src, target in ((predictions, PREDICTIONS), (scores, SCORES), (params, PARAMS)):
         if not src.exists():
             raise FileNotFoundError(f"{src} is missing: run the pipeline (dvc exp run) before --collect")
         with atomic_path(dest / target) as tmp:

@@ -67,9 +67,10 @@ def load_npz(path: str | Path) -> dict[str, np.ndarray]:
 
 
 def data_statistics(folder: str | Path) -> dict[str, dict[str, Any]]:
-    """Scalar figures (and one level of nested scalars) of every reports/data/*.json."""
+    """Scalar figures (and one level of nested scalars) of every stage report reports/data/*.json (not
+    data-reports' headline metrics.json, which repeats a few of them)."""
     out: dict[str, dict[str, Any]] = {}
-    for path in sorted(Path(folder).glob("*.json")):
+    for path in sorted(p for p in Path(folder).glob("*.json") if p.name != "metrics.json"):
         try:
             d = json.loads(path.read_text())
         except (OSError, ValueError):

@@ -52,7 +52,7 @@ def predictions_section(ctx: Context) -> None:
 
 
 def metrics_section(ctx: Context) -> None:
-    m = read_json(ctx.cfg.metrics)
+    m = read_json(ctx.cfg.scores)
     split = ctx.cfg.split
     oracle = " and the oracle (noise-free labels from the true factors)" if "oracle" in m else ""
     ctx.figure(

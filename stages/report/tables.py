@@ -52,7 +52,7 @@ PUBLISHED: tuple[Published, ...] = (
 
 
 def ci_cell(entry: Mapping[str, Any], metric: str, digits: int = 4) -> str:
-    """'0.9012 [0.8950, 0.9070]' from a metrics.json entry; '–' where absent."""
+    """'0.9012 [0.8950, 0.9070]' from a scores.json entry; '–' where absent."""
     v = entry.get(metric)
     if v is None:
         return "–"

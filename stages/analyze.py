@@ -2,7 +2,7 @@
 
 Reads params `analyze` (and `faces.margin`, which places the eye and mouth regions), the best
 checkpoint and the split's faces and flow; writes reports/importance.json (1-MAE with each
-stream's input zeroed, occlusion maps over faces and flow with their share on the eyes and
+stream's input permuted across clips, occlusion maps over faces and flow with their share on the eyes and
 mouth) and reports/analysis/samples.npz (the mean face under the occlusion maps, and a few clips'
 faces and flow fields for the flow figure). With `analyze.enabled: false` it writes only a note
 saying so. Plot then reads reports/ only: no checkpoint, no data folder.
@@ -42,6 +42,8 @@ class AnalyzeConfig:
     flow_dir: str = "data/flow"
     labels: str = "data/raw/labels.csv"
     batch_size: int = 16
+    permutations: int = 10  # stream importance: random permutations of a stream's input across clips
+    seed: int = 0
     occlusion_clips: int = 4
     occlusion_cells: int = 7  # occlusion grid side over faces and flow
     flow_clips: int = 3  # clips whose faces and flow the flow figure shows
@@ -53,7 +55,7 @@ class AnalyzeConfig:
     def from_params(cls, d: dict[str, Any] | None) -> AnalyzeConfig:
         cfg = from_section(cls, d, "analyze")
         require(cfg.split in SPLITS, "analyze.split", cfg.split, f"one of {list(SPLITS)}")
-        for key in ("batch_size", "occlusion_clips", "occlusion_cells", "flow_steps"):
+        for key in ("batch_size", "permutations", "occlusion_clips", "occlusion_cells", "flow_steps"):
             require(getattr(cfg, key) >= 1, f"analyze.{key}", getattr(cfg, key), "a whole number >= 1")
         require(cfg.flow_clips >= 0, "analyze.flow_clips", cfg.flow_clips, "a count >= 0")
         return cfg
@@ -121,7 +123,8 @@ def main() -> None:
         raise SystemExit(f"analyze: fewer than two usable {cfg.split} clips")
     columns = tuple(configs.data.label_columns)
 
-    result = importance.stream_importance(model, make_loader(dataset, cfg.batch_size, False, 0, 0), columns)
+    loader = make_loader(dataset, cfg.batch_size, False, 0, 0)
+    result = importance.stream_importance(model, loader, columns, repeats=cfg.permutations, seed=cfg.seed)
     report: dict[str, Any] = {"split": cfg.split, "clips": len(dataset), "streams": result.to_dict()}
     train_truth = labels.loc[labels["split"] == "train", list(columns)].to_numpy(np.float64)
     baseline = mean_baseline(dataset, train_truth, columns)

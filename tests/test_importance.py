@@ -69,36 +69,57 @@ def with_targets(ds: ClipDataset, model: torch.nn.Module) -> ClipDataset:
     return ds
 
 
-def test_removing_the_only_stream_leaves_a_constant_predictor(dataset):
+def test_permuting_the_only_stream_hands_each_clip_another_clips_prediction(dataset):
     model = tiny_model("static")
     ds = with_targets(dataset, model)
-    result = importance.stream_importance(model, make_loader(ds, 4, False, 0, 0), TRAITS)
-    assert set(result.removed) == {"static"}  # the model has no dynamic stream to remove
+    result = importance.stream_importance(model, make_loader(ds, 4, False, 0, 0), TRAITS, repeats=3, seed=7)
+    assert set(result.removed) == {"static"}  # the model has no dynamic stream to permute
     np.testing.assert_allclose(result.full, 1.0, atol=1e-6)
-    no_static = result.predictions["static"]
-    np.testing.assert_allclose(no_static, np.broadcast_to(no_static[0], no_static.shape), atol=1e-6)
-    constant = 1 - np.abs(ds.targets - no_static[0]).mean(0)
-    np.testing.assert_allclose(result.removed["static"][:-1], constant, atol=1e-6)
+    rng = np.random.default_rng(7)
+    by_hand = []
+    for _ in range(3):
+        donor = importance.derangement(len(ds), rng)
+        assert (donor != np.arange(len(ds))).all() and sorted(donor) == list(range(len(ds)))
+        pred = ds.targets[donor]  # the only stream decides: clip i now predicts what its donor did
+        if not by_hand:
+            np.testing.assert_allclose(result.predictions["static"], pred, atol=1e-5)
+        by_hand.append(1 - np.abs(ds.targets - pred).mean(0))
+    expected = np.mean([np.append(a, a.mean()) for a in by_hand], axis=0)
+    np.testing.assert_allclose(result.removed["static"], expected, atol=1e-5)
     d = result.to_dict()
+    assert d["method"] == "permutation" and d["repeats"] == 3
     assert (
-        d["drop_static"]["mean"] == pytest.approx(1.0 - constant.mean(), abs=1e-6)
+        d["drop_static"]["mean"] == pytest.approx(1.0 - expected[-1], abs=1e-5)
         and d["drop_static"]["mean"] > 0
     )
+    assert d["drop_static_sd"]["mean"] >= 0
 
 
-def test_both_streams_each_matter_and_zeroing_is_what_it_says(dataset):
+def test_a_permuted_stream_is_another_clips_real_input(dataset):
+    """The permuted flow prediction of clip i is the plain forward pass on clip i's faces and its
+    donor's flow (with the donor's mask): real inputs, only paired differently."""
     model = tiny_model("both")
     ds = with_targets(dataset, model)
-    result = importance.stream_importance(model, make_loader(ds, 4, False, 0, 0), TRAITS)
+    result = importance.stream_importance(model, make_loader(ds, 4, False, 0, 0), TRAITS, repeats=2, seed=3)
     assert set(result.removed) == {"static", "dynamic"}
+    rng = np.random.default_rng(3)
+    static_donor = importance.derangement(len(ds), rng)  # the first repeat draws static, then dynamic
+    dynamic_donor = importance.derangement(len(ds), rng)
     batch = collate([ds[i] for i in range(len(ds))], ds.cfg)
-    zeroed = importance.remove_stream(batch, "dynamic")
-    assert torch.equal(zeroed.faces, batch.faces) and not zeroed.flow.any()
     with torch.no_grad():
-        by_hand = model(batch.faces, torch.zeros_like(batch.flow), batch.flow_mask).pred.numpy()
-    np.testing.assert_allclose(result.predictions["dynamic"], by_hand, atol=1e-5)
+        flow_swapped = model(
+            batch.faces, batch.flow[dynamic_donor], batch.flow_mask[dynamic_donor]
+        ).pred.numpy()
+        faces_swapped = model(batch.faces[static_donor], batch.flow, batch.flow_mask).pred.numpy()
+    np.testing.assert_allclose(result.predictions["dynamic"], flow_swapped, atol=1e-5)
+    np.testing.assert_allclose(result.predictions["static"], faces_swapped, atol=1e-5)
     for stream in ("static", "dynamic"):
         assert result.to_dict()[f"drop_{stream}"]["mean"] > 0
+
+
+def test_a_permutation_needs_two_clips():
+    with pytest.raises(ValueError, match="two clips"):
+        importance.derangement(1, np.random.default_rng(0))
 
 
 def test_occlusion_maps_only_for_streams_the_model_uses(dataset):
@@ -139,8 +160,9 @@ def test_figures(tmp_path, dataset):
         ("streams", stream_importance_figure(result.to_dict(), baseline)),
         ("occlusion", occlusion_figure(maps, TRAITS, face, None)),
     ):
-        png, pdf = save_figure(fig, tmp_path, name)
-        assert png.stat().st_size > 1000 and pdf.read_bytes()[:4] == b"%PDF"
+        png, *pdf = save_figure(fig, tmp_path, name)  # a PDF only for the vector figure (no face images)
+        assert png.stat().st_size > 1000
+        assert [p.read_bytes()[:4] for p in pdf] == ([] if name == "occlusion" else [b"%PDF"])
 
 
 def test_reused_stream_tokens_give_the_plain_forward_pass(dataset):

@@ -142,7 +142,7 @@ def render_report(ctx: Context) -> str:
             lines += ["On synthetic data the trait-relevant motion is on the eyes and the mouth: lift > 1 means the "
                       "attention prefers them to their share of the crop.", ""]  # fmt: skip
     if "stream_importance" in ctx.summaries:
-        lines += ["## Stream importance (drop in 1-MAE when a stream's input is zeroed)", ""]
+        lines += ["## Stream importance (drop in 1-MAE when a stream's input is permuted across clips)", ""]
         frame = pd.DataFrame(ctx.summaries["stream_importance"]).T.round(4)
         lines += [frame.to_markdown(), ""]
 

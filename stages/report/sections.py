@@ -153,7 +153,7 @@ def importance_section(ctx: Context) -> None:
     ctx.figure(
         feature_views.stream_importance_figure(streams, report.get("baseline")),
         "stream_importance",
-        f"1-MAE ({split}) with both streams and with one stream's input zeroed, beside the training-mean baseline.",
+        f"1-MAE ({split}) with both streams and with one stream's input permuted across clips (mean of the permutations), beside the training-mean baseline.",
     )
     occ = report["occlusion"]
     columns = tuple(next(iter(occ["maps"].values())))

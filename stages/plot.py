@@ -49,7 +49,7 @@ class PlotConfig:
     report_md: str = "reports/report.md"
     report: str = "reports/plot.json"
     full_variant: str = "full"
-    dpi: int = 150
+    dpi: int = 300  # PNG resolution; figures are drawn at their printed size (stages/report/style.py)
     attention_clips: int = 4
     tsne_min_clips: int = 20
     tsne_perplexity: float = 15.0

@@ -62,5 +62,5 @@ def test_flow_panel_draws_faces_and_flow(tmp_path):
     apply_style(50)
     shown = {name: fv.sample_steps(faces, flow, 3) for name, (faces, flow) in clips.items()}
     assert [len(idx) for _, _, idx in shown.values()] == [3, 2] and shown["a"][2].tolist() == [0, 2, 3]
-    png, pdf = save_figure(fv.flow_panel(shown), tmp_path, "flow")
-    assert png.stat().st_size > 1000 and pdf.read_bytes()[:4] == b"%PDF"
+    paths = save_figure(fv.flow_panel(shown), tmp_path, "flow")
+    assert [p.suffix for p in paths] == [".png"] and paths[0].stat().st_size > 1000  # images: no PDF

@@ -17,10 +17,12 @@ import cv2
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.image import AxesImage
+from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 
 from stages.preprocess.template import template
-from stages.report.figures import PALETTE
+from stages.report.style import DOUBLE, HEAT_CMAP, PALETTE, colorbar, image_panel, subplots
 
 if TYPE_CHECKING:
     import torch
@@ -197,44 +199,80 @@ def display_map(grid_map: np.ndarray, size: int) -> np.ndarray:
 
 
 def draw_boxes(ax: plt.Axes, boxes: Mapping[str, list], size: int) -> None:
+    """The region boxes, dashed, drawn whole even where an edge lies on the border of the image."""
     for name, group in boxes.items():
         for x0, y0, x1, y1 in group:
             ax.add_patch(
                 Rectangle(
-                    (x0 * size, y0 * size),
+                    (x0 * size - 0.5, y0 * size - 0.5),
                     (x1 - x0) * size,
                     (y1 - y0) * size,
                     fill=False,
-                    lw=1.0,
-                    ls="--",
+                    lw=0.8,
+                    ls=(0, (3, 2)),
                     edgecolor=REGION_COLOURS.get(name, "white"),
+                    clip_on=False,
                 )
             )
 
 
-def overlay(ax: plt.Axes, face: np.ndarray, grid_map: np.ndarray, boxes: Mapping[str, list] | None) -> None:
-    """The aligned face with the map over it (and the region boxes)."""
+def box_legend(fig: Figure, boxes: Mapping[str, list]) -> None:
+    """A key to the dashed region boxes, below the panels."""
+    handles = [
+        Line2D(
+            [], [], color=REGION_COLOURS.get(name, "white"), lw=0.8, ls=(0, (3, 2)), label=f"{name} region"
+        )
+        for name in boxes
+    ]
+    if handles:
+        fig.legend(handles=handles, loc="outside lower center", ncol=len(handles))
+
+
+OVERLAY_ALPHA = 0.55
+bare = image_panel  # the name the other report modules use
+
+
+def overlay(
+    ax: plt.Axes,
+    face: np.ndarray,
+    grid_map: np.ndarray,
+    boxes: Mapping[str, list] | None,
+    vmin: float | None = None,
+    vmax: float | None = None,
+) -> AxesImage:
+    """The aligned face with the map over it (and the region boxes); returns the map's image for a colour bar.
+
+    With `vmax` the map keeps its values (bilinear between cell centres) on the scale [vmin, vmax];
+    without, it is min-max scaled to [0, 1].
+    """
     size = face.shape[0]
-    ax.imshow(face)
-    ax.imshow(display_map(grid_map, size), cmap="magma", alpha=0.5, vmin=0, vmax=1)
+    ax.imshow(face, interpolation="bilinear")
+    if vmax is None:
+        img = ax.imshow(display_map(grid_map, size), cmap=HEAT_CMAP, alpha=OVERLAY_ALPHA, vmin=0, vmax=1)
+    else:
+        values = cv2.resize(grid_map.astype(np.float32), (size, size), interpolation=cv2.INTER_LINEAR)
+        img = ax.imshow(values, cmap=HEAT_CMAP, alpha=OVERLAY_ALPHA, vmin=vmin or 0.0, vmax=vmax)
     if boxes:
         draw_boxes(ax, boxes, size)
     bare(ax)
+    return img
 
 
-def bare(ax: plt.Axes) -> None:
-    """No ticks, grid or spines (an image panel), but keep room for a y label."""
-    ax.set_xticks([])
-    ax.set_yticks([])
-    ax.grid(False)
-    for spine in ax.spines.values():
-        spine.set_visible(False)
-
-
-DIRECTION_TITLES = {
-    "static_to_dynamic": "face → motion: where face tokens look in the flow",
-    "dynamic_to_static": "motion → face: where flow tokens look on the face",
+DIRECTION_LABELS = {  # row labels: who looks where
+    "static_to_dynamic": "face → motion\n(face tokens\nlook at flow)",
+    "dynamic_to_static": "motion → face\n(flow tokens\nlook at face)",
 }
+DIRECTION_TITLES = {
+    "static_to_dynamic": "face → motion",
+    "dynamic_to_static": "motion → face",
+}
+RELATIVE_LABEL = "attention ÷ uniform"
+
+
+def relative_map(grid_map: np.ndarray) -> np.ndarray:
+    """A map as a multiple of the uniform map with the same mass: 1 everywhere when attention is even."""
+    total = float(grid_map.sum())
+    return grid_map * grid_map.size / total if total > 0 else np.zeros_like(grid_map)
 
 
 def attention_overlays(
@@ -243,53 +281,80 @@ def attention_overlays(
     boxes: Mapping[str, list],
     max_clips: int,
 ) -> Figure:
-    """Per direction (rows): each clip's map over its middle face frame, then the mean over all clips."""
+    """Per direction (rows): each clip's map over its middle face frame, then the mean over all clips.
+
+    Maps are drawn relative to uniform attention (1 = even over the grid), on one colour scale per
+    row; under each panel, the share of the map on the eyes and mouth.
+    """
     directions = sorted({r.direction for r in reduced})
     clips = list(dict.fromkeys(r.clip for r in reduced))[:max_clips]
-    fig, axes = plt.subplots(
-        len(directions),
-        len(clips) + 1,
-        figsize=(1.8 * (len(clips) + 1), 2.0 * len(directions)),
-        squeeze=False,
-    )
+    ncols = len(clips) + 1
+    fig, axes = subplots(DOUBLE, 0.35 + 1.55 * len(directions), len(directions), ncols, squeeze=False)
     mean_face = np.mean([faces[c] for c in faces], axis=0).astype(np.uint8)
-    for row, direction in zip(axes, directions, strict=True):
-        maps = {r.clip: r.spatial for r in reduced if r.direction == direction}
-        for ax, clip in zip(row[:-1], clips, strict=True):
-            overlay(ax, faces[clip], maps[clip], boxes)
-            ax.set_title(clip, fontsize=7)
+    for r, (row, direction) in enumerate(zip(axes, directions, strict=True)):
+        maps = {x.clip: x.spatial for x in reduced if x.direction == direction}
         mean_map = np.mean(list(maps.values()), axis=0)
-        overlay(row[-1], mean_face, mean_map, boxes)
+        shown = [*(relative_map(maps[c]) for c in clips), relative_map(mean_map)]
+        vmax = max(float(m.max()) for m in shown) or 1.0
+        for ax, clip, rel in zip(row[:-1], clips, shown, strict=False):
+            overlay(ax, faces[clip], rel, boxes, 0.0, vmax)
+            if r == 0:
+                ax.set_title(clip, fontsize=7)
+            ax.set_xlabel(f"eyes+mouth {masses(maps[clip], boxes)['eyes+mouth'].mass_share:.0%}", fontsize=7)
+        img = overlay(row[-1], mean_face, shown[-1], boxes, 0.0, vmax)
         share = masses(mean_map, boxes)["eyes+mouth"]
-        row[-1].set_title(
-            f"mean of {len(maps)}\neyes+mouth {share.mass_share:.0%} (area {share.area_share:.0%})"
-        )
-        row[0].set_ylabel(direction.replace("_", " "), fontsize=7)
-    fig.suptitle("; ".join(DIRECTION_TITLES[d] for d in directions), fontsize=8)
-    fig.tight_layout()
+        if r == 0:
+            row[-1].set_title(f"mean of {len(maps)} clips", fontsize=7)
+        row[-1].set_xlabel(f"eyes+mouth {share.mass_share:.0%}\n(area {share.area_share:.0%})", fontsize=7)
+        row[0].set_ylabel(DIRECTION_LABELS.get(direction, direction), fontsize=7)
+        colorbar(fig, img, row.tolist(), RELATIVE_LABEL, fraction=0.03, aspect=10)
+    box_legend(fig, boxes)
     return fig
 
 
 def attention_over_time(reduced: list[ClipAttention]) -> Figure:
-    """Attention mass per time step (flow steps or face frames) for each clip, and their mean."""
+    """Attention per time step (face frames or flow tokens) for each clip and their mean, relative to uniform.
+
+    Each step sits at the centre of the stretch of the clip it covers (the face frames and the flow
+    tokens both split the clip into equal parts), so the x axis is the time in the clip as a
+    fraction of its length whatever the clip's duration.
+    """
     directions = sorted({r.direction for r in reduced})
-    fig, axes = plt.subplots(1, len(directions), figsize=(3.6 * len(directions), 2.5), squeeze=False)
+    fig, axes = subplots(DOUBLE, 2.1, 1, len(directions), squeeze=False, sharey=True)
+    grid = np.linspace(0.0, 1.0, 101)
     for ax, direction in zip(axes[0], directions, strict=True):
-        series = [r.temporal for r in reduced if r.direction == direction]
+        series = [relative_map(r.temporal) for r in reduced if r.direction == direction]
         for s in series:
-            ax.plot(np.arange(len(s)), s, color="#999999", lw=0.7, alpha=0.7)
-        longest = max(len(s) for s in series)
-        padded = np.full((len(series), longest), np.nan)
-        for i, s in enumerate(series):
-            padded[i, : len(s)] = s
-        ax.plot(np.arange(longest), np.nanmean(padded, axis=0), color=PALETTE[0], lw=2, label="mean")
-        unit = "flow token step" if direction == "static_to_dynamic" else "face frame"
-        ax.set_xlabel(unit)
-        ax.set_ylabel("attention mass")
-        ax.set_title(direction.replace("_", " "))
-        ax.legend(frameon=False)
-    fig.tight_layout()
+            ax.plot(_centres(len(s)), s, color="#999999", lw=0.6, alpha=0.8, marker=".", ms=2)
+        lengths = {len(s) for s in series}
+        if len(lengths) == 1:
+            mean_x, mean_y = _centres(lengths.pop()), np.mean(series, axis=0)
+        else:  # clips of different lengths: average on a common time grid
+            mean_x = grid
+            mean_y = np.mean([np.interp(grid, _centres(len(s)), s) for s in series], axis=0)
+        ax.plot(mean_x, mean_y, color=PALETTE[0], lw=1.8, marker="o", ms=3)
+        ax.axhline(1.0, color="black", lw=0.6, ls=":", zorder=0)
+        steps = "face frames" if direction == "dynamic_to_static" else "flow tokens"
+        n = max(len(s) for s in series)
+        ax.set_title(f"{DIRECTION_TITLES.get(direction, direction)}: over {n} {steps}")
+        ax.set_xlim(0.0, 1.0)
+        ax.set_xlabel("time in clip (fraction of its length)")
+    axes[0, 0].set_ylabel(RELATIVE_LABEL)
+    fig.legend(
+        handles=[
+            Line2D([], [], color="#999999", lw=0.6, marker=".", ms=2, label="each clip"),
+            Line2D([], [], color=PALETTE[0], lw=1.8, marker="o", ms=3, label="mean"),
+            Line2D([], [], color="black", lw=0.6, ls=":", label="uniform"),
+        ],
+        loc="outside upper center",
+        ncol=3,
+    )
     return fig
+
+
+def _centres(n: int) -> np.ndarray:
+    """The centres of n equal parts of [0, 1]."""
+    return (np.arange(n) + 0.5) / n
 
 
 # ---------------------------------------------------------------- one clip, for predict --explain

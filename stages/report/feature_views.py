@@ -9,6 +9,7 @@ Flow is drawn in the usual HSV code: hue = direction, value = magnitude.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import cv2
 import matplotlib.pyplot as plt
@@ -19,8 +20,8 @@ from sklearn.manifold import TSNE
 from threadpoolctl import threadpool_limits
 
 from model.records import TRAITS
-from stages.report.attention_maps import bare, masses, overlay
-from stages.report.figures import PALETTE, trait_label
+from stages.report.attention_maps import box_legend, masses, overlay
+from stages.report.style import DOUBLE, PALETTE, SCORE_CMAP, SINGLE, colorbar, image_panel, subplots
 
 STREAM_KEYS = {"static": "static_emb", "dynamic": "dynamic_emb"}
 
@@ -38,7 +39,8 @@ def project(emb: np.ndarray, method: str, seed: int, perplexity: float) -> np.nd
 def embedding_projections(
     dump: Mapping[str, np.ndarray], tsne_min_clips: int, perplexity: float, seed: int
 ) -> tuple[Figure, dict[str, np.ndarray]]:
-    """Rows: each stream x method; columns: traits coloured by their true score. Also returns the points."""
+    """Rows: each stream x method; columns: traits coloured by their true score (one colour scale for
+    all panels). Also returns the points. The projections' axes have no unit, so they carry no ticks."""
     columns = [str(c) for c in dump["columns"]]
     truth = np.asarray(dump["truth"])
     n = len(truth)
@@ -47,20 +49,32 @@ def embedding_projections(
     if not rows or n < 3:
         raise ValueError("need pooled embeddings of at least 3 clips")
     points = {f"{s}_{m}": project(np.asarray(dump[STREAM_KEYS[s]]), m, seed, perplexity) for s, m in rows}
-    fig, axes = plt.subplots(
-        len(rows), len(TRAITS), figsize=(2.0 * len(TRAITS), 2.0 * len(rows)), squeeze=False
-    )
+    fig, axes = subplots(DOUBLE, 0.3 + 1.3 * len(rows), len(rows), len(TRAITS), squeeze=False)
+    vmin, vmax = float(np.nanmin(truth)), float(np.nanmax(truth))
     for row_axes, (stream, method) in zip(axes, rows, strict=True):
         xy = points[f"{stream}_{method}"]
         for ax, trait in zip(row_axes, TRAITS, strict=True):
-            sc = ax.scatter(xy[:, 0], xy[:, 1], c=truth[:, columns.index(trait)], s=9, cmap="viridis")
+            sc = ax.scatter(
+                xy[:, 0],
+                xy[:, 1],
+                c=truth[:, columns.index(trait)],
+                s=5,
+                cmap=SCORE_CMAP,
+                vmin=vmin,
+                vmax=vmax,
+                edgecolors="none",
+            )
             ax.set_xticks([])
             ax.set_yticks([])
+            ax.set_box_aspect(1)
             if stream == rows[0][0] and method == rows[0][1]:
-                ax.set_title(trait_label(trait))
-        row_axes[0].set_ylabel(f"{stream}\n{method.upper() if method == 'pca' else 't-SNE'}")
-    fig.colorbar(sc, ax=axes, shrink=0.6, label="true score")
+                ax.set_title(trait.capitalize())
+        row_axes[0].set_ylabel(f"{stream} stream\n{METHOD_NAMES[method]}")
+    colorbar(fig, sc, axes.ravel().tolist(), "true trait score (0-1)", fraction=0.025, aspect=30)
     return fig, points
+
+
+METHOD_NAMES = {"pca": "PCA", "tsne": "t-SNE"}
 
 
 def flow_to_rgb(flow: np.ndarray, max_magnitude: float) -> np.ndarray:
@@ -71,6 +85,16 @@ def flow_to_rgb(flow: np.ndarray, max_magnitude: float) -> np.ndarray:
     hsv[..., 1] = 255
     hsv[..., 2] = np.clip(mag / max(max_magnitude, 1e-6) * 255, 0, 255).astype(np.uint8)
     return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
+
+
+def flow_wheel(max_magnitude: float, size: int = 129) -> np.ndarray:
+    """The key to flow_to_rgb: [size, size, 4] RGBA, the colour of each displacement (dx, dy) up to
+    `max_magnitude` around the centre (image axes: y down), transparent outside the disc."""
+    r = np.linspace(-max_magnitude, max_magnitude, size, dtype=np.float32)
+    dx, dy = np.meshgrid(r, r)
+    rgb = flow_to_rgb(np.stack([dx, dy], axis=-1), max_magnitude)
+    alpha = np.where(np.hypot(dx, dy) <= max_magnitude, 255, 0).astype(np.uint8)
+    return np.concatenate([rgb, alpha[..., None]], axis=-1)
 
 
 def sample_steps(
@@ -84,80 +108,147 @@ def sample_steps(
     return faces[idx], flow[idx], idx
 
 
-def flow_panel(shown: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray]]) -> Figure:
-    """For each clip (a pair of rows): its sampled face frames and the colour-coded flow that leaves each.
+def flow_panel(
+    shown: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray]], fps: float | None = None
+) -> Figure:
+    """For each clip (a pair of rows): its sampled face frames and the colour-coded flow that leaves each,
+    with a colour-wheel key (hue: direction, brightness: speed) in pixels per step at the flow's size.
 
-    `shown` maps a name to sample_steps' (faces, flow, indices). One magnitude scale (the 99th
-    percentile over the shown clips) serves every panel.
+    `shown` maps a name to sample_steps' (faces, flow, indices); `fps` (the frame rate the faces were
+    sampled at) puts each column's time in seconds, else its frame index. One magnitude scale (the
+    99th percentile over the shown clips) serves every panel.
     """
     mags = np.concatenate([np.linalg.norm(f, axis=-1).ravel() for _, f, _ in shown.values()])
     scale = float(np.percentile(mags, 99)) if mags.size else 1.0
+    scale = scale if scale > 0 else 1.0
     cols = max(len(i) for _, _, i in shown.values())
-    fig, axes = plt.subplots(2 * len(shown), cols, figsize=(1.4 * cols, 2.8 * len(shown)), squeeze=False)
+    flow_side = next(iter(shown.values()))[1].shape[1]
+    same_steps = len({tuple(i) for _, _, i in shown.values()}) == 1
+    fig = plt.figure(figsize=(DOUBLE, 0.3 + 2.0 * len(shown)), layout="constrained")
+    grid, side = fig.subfigures(1, 2, width_ratios=[cols, 1.3], wspace=0.0)
+    axes = grid.subplots(2 * len(shown), cols, squeeze=False)
     for r, (name, (faces, flow, idx)) in enumerate(shown.items()):
         for c in range(cols):
             for ax in (axes[2 * r, c], axes[2 * r + 1, c]):
-                bare(ax)
+                image_panel(ax)
                 if c >= len(idx):
                     ax.axis("off")
             if c >= len(idx):
                 continue
-            axes[2 * r, c].imshow(faces[c])
-            axes[2 * r + 1, c].imshow(flow_to_rgb(flow[c], scale))
-            axes[2 * r, c].set_title(f"t={idx[c]}", fontsize=7)
+            axes[2 * r, c].imshow(faces[c], interpolation="bilinear")
+            axes[2 * r + 1, c].imshow(flow_to_rgb(flow[c], scale), interpolation="bilinear")
+            if r == 0 or not same_steps:
+                when = f"{idx[c] / fps:.1f} s" if fps else f"frame {idx[c]}"
+                axes[2 * r, c].set_title(when, fontsize=7)
         axes[2 * r, 0].set_ylabel(name, fontsize=7)
-        axes[2 * r + 1, 0].set_ylabel("flow", fontsize=7)
-    fig.suptitle(f"optical flow (hue: direction, brightness: magnitude up to {scale:.2f} px)", fontsize=8)
-    fig.tight_layout()
+        axes[2 * r + 1, 0].set_ylabel("flow to the\nnext frame", fontsize=7)
+    _flow_key(side, scale, flow_side, fps)
     return fig
+
+
+def _flow_key(side: Any, scale: float, flow_side: int, fps: float | None) -> None:
+    """The colour wheel of flow_to_rgb with its displacement axes, and what the colours mean, in `side`."""
+    key, note = side.subplots(2, 1, height_ratios=[1.9, max(side.get_figure().get_figheight() - 2.2, 0.8)])
+    step = f"{1 / fps:.2g}-s step" if fps else "frame step"
+    key.imshow(flow_wheel(scale), extent=(-scale, scale, scale, -scale), interpolation="bilinear")
+    key.set_aspect("equal")
+    key.grid(False)
+    for spine in key.spines.values():
+        spine.set_visible(False)
+    tick = _round_down(scale)
+    key.set_xticks([-tick, 0.0, tick], [f"{-tick:g}", "0", f"{tick:g}"])
+    key.set_yticks([-tick, 0.0, tick], [f"{-tick:g}", "0", f"{tick:g}"])
+    key.tick_params(length=2, width=0.5, pad=1)
+    key.set_title("flow key", fontsize=7)
+    key.set_xlabel(f"dx (px per\n{step})", fontsize=7)
+    key.set_ylabel("dy (px, down)", fontsize=7, labelpad=1)
+    note.axis("off")
+    note.text(
+        0.5,
+        1.0,
+        f"hue: direction\nbrightness: speed,\nfull at {scale:.2f} px\nper {step}\n(flow at {flow_side} px)",
+        transform=note.transAxes,
+        ha="center",
+        va="top",
+        fontsize=7,
+    )
+
+
+def _round_down(x: float) -> float:
+    """x rounded down to one significant digit (2.85 -> 2, 0.37 -> 0.3): a tick that stays inside the wheel."""
+    if x <= 0:
+        return 1.0
+    unit = 10.0 ** np.floor(np.log10(x))
+    return float(np.floor(x / unit) * unit)
+
+
+OCCLUDED_LABELS = {"static": "face cells\nblanked", "dynamic": "flow cells\nblanked"}
 
 
 def occlusion_figure(
     maps: dict[str, np.ndarray], columns: tuple[str, ...], face: np.ndarray, boxes: dict[str, list] | None
 ) -> Figure:
-    """Rows: streams; columns: traits; each the occlusion map over the mean aligned face."""
+    """Rows: streams; columns: traits; each the occlusion map over the mean aligned face, in its own
+    unit (the mean absolute change of the prediction, on the 0-1 score scale), one colour scale per row."""
     traits = [c for c in TRAITS if c in columns]
-    fig, axes = plt.subplots(
-        len(maps), len(traits), figsize=(1.9 * len(traits), 2.0 * len(maps)), squeeze=False
-    )
-    for row, (stream, m) in zip(axes, maps.items(), strict=True):
-        for ax, trait in zip(row, traits, strict=True):
-            grid = m[columns.index(trait)]
-            overlay(ax, face, grid, boxes)
-            share = masses(grid, boxes)["eyes+mouth"].mass_share if boxes else float("nan")
-            ax.set_title(f"{trait_label(trait)}\neyes+mouth {share:.0%}", fontsize=7)
-        row[0].set_ylabel(f"{stream} occluded", fontsize=8)
-    fig.suptitle("occlusion: mean |Δ prediction| when a cell is blanked", fontsize=8)
-    fig.tight_layout()
+    fig, axes = subplots(DOUBLE, 0.45 + 1.5 * len(maps), len(maps), len(traits), squeeze=False)
+    for r, (row, (stream, m)) in enumerate(zip(axes, maps.items(), strict=True)):
+        grids = [np.asarray(m[columns.index(t)], dtype=np.float64) for t in traits]
+        vmax = max(float(g.max()) for g in grids) or 1.0
+        for ax, trait, grid in zip(row, traits, grids, strict=True):
+            img = overlay(ax, face, grid, boxes, 0.0, vmax)
+            if r == 0:
+                ax.set_title(trait.capitalize())
+            if boxes:
+                ax.set_xlabel(f"eyes+mouth {masses(grid, boxes)['eyes+mouth'].mass_share:.0%}", fontsize=7)
+        row[0].set_ylabel(OCCLUDED_LABELS.get(stream, f"{stream}\noccluded"))
+        colorbar(fig, img, row.tolist(), "mean |Δ prediction|\n(score, 0-1)", fraction=0.03, aspect=10)
+    if boxes:
+        box_legend(fig, boxes)
     return fig
 
 
-def stream_importance_figure(
-    streams: Mapping[str, Mapping[str, float]], baseline: Mapping[str, float] | None
-) -> Figure:
-    """1-MAE per trait with both streams and with each removed, beside the mean baseline.
+def stream_importance_figure(streams: Mapping[str, Any], baseline: Mapping[str, float] | None) -> Figure:
+    """1-MAE per trait with both streams and with each stream's input taken away, beside the mean
+    baseline; one column wide, bars from zero, the legend above the axes.
 
     `streams` is analyze's importance.json "streams" entry: "full" and "without_<stream>", each
-    {output: 1-MAE, ..., "mean": ...}; `baseline` has the same keys.
+    {output: 1-MAE, ..., "mean": ...}, with "method" ("permutation": the stream's input permuted across
+    clips; else zeroed) and, for permutations, "drop_<stream>_sd" (drawn as whiskers); `baseline` has
+    the same keys.
     """
     names = list(streams["full"])
+    verb = "permuted" if streams.get("method") == "permutation" else "zeroed"
     rows = {"both streams": np.array([streams["full"][n] for n in names])}
+    spread: dict[str, np.ndarray] = {}
     for key, scores in streams.items():
-        if key.startswith("without_"):
-            rows[f"without {key.removeprefix('without_')}"] = np.array([scores[n] for n in names])
+        if key.startswith("without_") and isinstance(scores, Mapping):
+            stream = key.removeprefix("without_")
+            label = f"{stream} {verb}"
+            rows[label] = np.array([scores[n] for n in names])
+            sd = streams.get(f"drop_{stream}_sd")
+            if isinstance(sd, Mapping):
+                spread[label] = np.array([sd[n] for n in names])
     if baseline is not None:
         rows["mean baseline"] = np.array([baseline[n] for n in names])
     colours = [PALETTE[0], PALETTE[1], PALETTE[2], "#999999"]
-    fig, ax = plt.subplots(figsize=(5.5, 2.8))
+    fig, ax = subplots(SINGLE, 2.4)
     x = np.arange(len(names))
     width = 0.8 / len(rows)
     for i, (label, v) in enumerate(rows.items()):
-        ax.bar(x + (i - (len(rows) - 1) / 2) * width, v, width, label=label, color=colours[i % len(colours)])
+        ax.bar(
+            x + (i - (len(rows) - 1) / 2) * width,
+            v,
+            width,
+            yerr=spread.get(label),
+            error_kw={"elinewidth": 0.6, "capsize": 1.0},
+            label=label,
+            color=colours[i % len(colours)],
+        )
     ax.set_xticks(x, [n[0].upper() if n != "mean" else "mean" for n in names])
-    values = np.concatenate(list(rows.values()))
-    ax.set_ylim(max(0.0, float(np.nanmin(values)) - 0.02), min(1.0, float(np.nanmax(values)) + 0.03))
-    ax.set_ylabel("1-MAE (test)")
-    ax.set_title("stream importance: input permuted across clips")
-    ax.legend(frameon=False, fontsize=7, ncol=2)
-    fig.tight_layout()
+    ax.grid(False, axis="x")
+    ax.set_ylim(0.0, 1.0)
+    ax.set_ylabel("1-MAE")
+    ax.set_xlabel("trait")
+    fig.legend(loc="outside upper center", ncol=2)
     return fig

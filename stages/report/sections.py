@@ -106,10 +106,14 @@ def attention_section(ctx: Context) -> None:
         am.attention_overlays(reduced, faces, ctx.boxes, ctx.cfg.attention_clips),
         "attention_maps",
         "Cross-attention (last fusion layer, mean over heads and queries) summed over time, over the aligned "
-        "face; dashed boxes: eye and mouth regions; right: mean over the dumped test clips.",
+        "face, as a multiple of uniform attention (one colour scale per row); dashed boxes: eye and mouth "
+        "regions, with the share of attention on them under each face; right: mean over the dumped test clips.",
     )
     ctx.figure(
-        am.attention_over_time(reduced), "attention_time", "Attention mass per time step; thick: mean."
+        am.attention_over_time(reduced),
+        "attention_time",
+        "Attention per time step as a multiple of uniform attention, each step at the centre of the part "
+        "of the clip it covers; grey: each clip, blue: mean.",
     )
     report = am.attention_mass_report(reduced, ctx.boxes, ctx.synthetic)
     write_json(ctx.cfg.attention_mass, report)
@@ -126,7 +130,8 @@ def embeddings_section(ctx: Context) -> None:
     ctx.figure(
         fig,
         "embeddings",
-        f"Pooled static and dynamic embeddings of the {len(dump['truth'])} test clips in 2D, coloured by true score.",
+        f"Pooled static and dynamic embeddings of the {len(dump['truth'])} test clips in 2D (PCA and t-SNE "
+        "components, no unit), coloured by true score.",
     )
 
 
@@ -138,10 +143,12 @@ def flow_section(ctx: Context) -> None:
         str(name): (samples[f"faces_{i}"], samples[f"flow_{i}"], samples[f"steps_{i}"])
         for i, name in enumerate(samples["flow_clips"])
     }
+    fps = ctx.params.get("frames", {}).get("fps")
     ctx.figure(
-        feature_views.flow_panel(shown),
+        feature_views.flow_panel(shown, float(fps) if fps else None),
         "flow",
-        "Aligned faces and the optical flow to the next frame (HSV: hue = direction, brightness = magnitude).",
+        "Aligned faces and the optical flow to the next frame (HSV: hue = direction, brightness = magnitude; "
+        "key: the colour of each displacement, in pixels per step at the flow's size).",
     )
 
 
@@ -163,7 +170,8 @@ def importance_section(ctx: Context) -> None:
         feature_views.occlusion_figure(maps, columns, mean_face, ctx.boxes),
         "occlusion",
         f"Occlusion importance ({occ['clips']} {split} clips, {occ['cells']}x{occ['cells']} "
-        "cells): mean absolute change of each trait's prediction when a cell of the faces (or flow) is blanked.",
+        "cells): mean absolute change of each trait's prediction when a cell of the faces (or flow) is blanked, "
+        "one colour scale per row; under each face, the share on the eyes and mouth.",
     )
     ctx.summaries["stream_importance"] = {k: v for k, v in streams.items() if k.startswith("drop_")}
 

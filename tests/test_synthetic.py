@@ -18,6 +18,8 @@ from stages.sources.synthetic import (
     CANVAS,
     DYNAMIC_FACTORS,
     FACTORS,
+    N_BACKGROUNDS,
+    N_FACES,
     NUISANCES,
     REAL_MEANS,
     REAL_SDS,
@@ -25,6 +27,7 @@ from stages.sources.synthetic import (
     SyntheticConfig,
     clip_motion,
     generate_dataset,
+    identity_pools,
     render_frames,
     sample_design,
 )
@@ -149,6 +152,26 @@ def test_label_noise_is_the_documented_size():
         resid = labels[col][inside] - oracle[inside]
         assert resid.std() == pytest.approx(SyntheticConfig().label_noise, rel=0.1)
         assert abs(resid.mean()) < 0.003
+
+
+def test_faces_and_backdrops_never_cross_splits():
+    """Validation and test show people and backgrounds that training never saw; the pools cover every id."""
+    cfg = SyntheticConfig(n_train=600, n_val=150, n_test=250)
+    _, _, factors = sample_design(cfg, seed=4)
+    for column, total in (("face_id", N_FACES), ("background_id", N_BACKGROUNDS)):
+        used = {split: set(rows[column]) for split, rows in factors.groupby("split")}
+        assert (
+            not used["train"] & used["val"]
+            and not used["train"] & used["test"]
+            and not used["val"] & used["test"]
+        )
+        pools = identity_pools(total, seed=4)
+        assert sorted(np.concatenate(list(pools.values()))) == list(range(total))
+        for split, ids in used.items():
+            assert ids <= set(pools[split].tolist())
+    assert (
+        len(set(factors.loc[factors["split"] == "test", "face_id"])) >= 20
+    )  # 25 test faces, most of them used
 
 
 def test_nuisances_are_independent_of_labels():

@@ -28,6 +28,10 @@ factors that the streams of the model must recover:
   upscaled LFW faces (mean of 100 faces; per-face spread about 5 px at 128 px), and the
   astronaut is warped onto the same template.
 
+Faces and backdrops are shared out between the splits (`IDENTITY_SHARES`: 61/15/25 of the 101
+faces, 8/2/3 of the 13 backdrops), so no person or background of a validation or test clip appears
+in training: a score on test measures generalisation to new people, not recall of known ones.
+
 Every factor is a standard normal drawn independently of the others and of the nuisances
 (face id, background id, head-motion amplitude); a factor reaches the picture through its
 normal CDF, so its visual effect is monotone and bounded. Each trait's standardised score is a
@@ -136,6 +140,10 @@ WARM = np.array([1.12, 0.80, 0.60], np.float32)  # RGB gains of the warmest skin
 COOL = np.array([0.80, 0.84, 1.04], np.float32)
 MOUTH_COLOUR = np.array([0.22, 0.06, 0.06], np.float32)
 NAME_ALPHABET = string.ascii_letters + string.digits + "-_"
+# Faces and backdrops are partitioned between the splits, so that the validation and test clips
+# show people and backgrounds never seen in training: each split's share of the ids
+# (of 101 faces: 61, 15, 25; of 13 backdrops: 8, 2, 3).
+IDENTITY_SHARES = (("train", 0.6), ("val", 0.15), ("test", 0.25))
 
 
 @dataclass(frozen=True)
@@ -143,8 +151,8 @@ class SyntheticConfig:
     """The `data.synthetic` params: dataset size, video format and the strength of each effect."""
 
     n_train: int = 400
-    n_val: int = 50
-    n_test: int = 50
+    n_val: int = 100
+    n_test: int = 200
     seconds: float = 6.0
     fps: int = 25
     size: int = 256  # frame side in pixels
@@ -219,9 +227,20 @@ def _clip_name(rng: np.random.Generator) -> str:
     return f"{''.join(chars)}.{int(rng.integers(0, 6)):03d}"
 
 
+def identity_pools(n: int, seed: int) -> dict[str, np.ndarray]:
+    """The ids 0..n-1 (faces or backdrops) shared out between the splits by IDENTITY_SHARES, in an
+    order drawn from the seed: no id belongs to two splits."""
+    order = np.random.default_rng([seed, 7919, n]).permutation(n)
+    cuts = np.round(np.cumsum([share for _, share in IDENTITY_SHARES]) * n).astype(int)
+    starts = [0, *cuts[:-1]]
+    return {split: order[a:b] for (split, _), a, b in zip(IDENTITY_SHARES, starts, cuts, strict=True)}
+
+
 def sample_specs(cfg: SyntheticConfig, seed: int) -> list[ClipSpec]:
-    """Draw every clip's name, factors and nuisances, each from its own (seed, split, index)."""
+    """Draw every clip's name, factors and nuisances, each from its own (seed, split, index); its
+    face and backdrop come from its split's pools (identity_pools)."""
     specs = []
+    faces, backdrops = identity_pools(N_FACES, seed), identity_pools(N_BACKGROUNDS, seed)
     for split in SPLITS:
         for i in range(cfg.count(split)):
             clip_seed = (seed, SPLITS.index(split), i)
@@ -233,8 +252,8 @@ def sample_specs(cfg: SyntheticConfig, seed: int) -> list[ClipSpec]:
                     split=split,
                     seed=clip_seed,
                     **{f: float(v) for f, v in zip(FACTORS, z, strict=True)},
-                    face_id=int(rng.integers(N_FACES)),
-                    background_id=int(rng.integers(N_BACKGROUNDS)),
+                    face_id=int(faces[split][rng.integers(len(faces[split]))]),
+                    background_id=int(backdrops[split][rng.integers(len(backdrops[split]))]),
                     head_motion=float(rng.uniform(0.2, 1.0)),
                 )
             )

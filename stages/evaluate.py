@@ -3,7 +3,8 @@
 Reads params `evaluate`, the checkpoint, labels and (synthetic data) factors.csv with the oracle;
 writes reports/scores.json (per-trait and mean 1-MAE, R², Pearson r, CCC with bootstrap CIs,
 beside the training-mean baseline, the oracle and the gap closed; also on the test clips of people
-with no clip in training) and its headline reports/metrics.json (DVC's metric), every clip's
+with no clip in training; on the synthetic data, which latent factors the predictions carry, as
+cross-validated read-outs) and its headline reports/metrics.json (DVC's metric), every clip's
 prediction in reports/predictions/<split>.csv, the test clips' embeddings, the attention of the
 first test clips, the model card with the test scores (reports/model_card.json) and
 reports/evaluate.json (clips left out and why, timings).
@@ -38,7 +39,14 @@ from stages.common import (
     setup_logging,
     write_json,
 )
-from stages.report.scores import SplitResult, label_matrix, metrics_json, predictions_frame, score_all
+from stages.report.scores import (
+    SplitResult,
+    factor_readouts,
+    label_matrix,
+    metrics_json,
+    predictions_frame,
+    score_all,
+)
 
 EVAL_SPLITS = ("val", "test")
 ATTENTION_SPLIT = "test"
@@ -203,6 +211,7 @@ def main() -> None:
     train_truth = labels.loc[labels["split"] == "train", list(columns)].to_numpy(np.float64)
 
     results: dict[str, SplitResult] = {}
+    readouts: dict[str, dict[str, dict[str, float]]] = {}
     report: dict[str, Any] = {
         "checkpoint": cfg.checkpoint,
         "epoch": state.get("epoch"),
@@ -234,6 +243,8 @@ def main() -> None:
                     None if oracle is None else oracle[unseen], columns, cfg.bootstrap,
                 )  # fmt: skip
             log.info("test: %d of %d clips show a person with no clip in training", unseen.sum(), len(unseen))
+        if raw_factors is not None:  # the known-answer data: which latent factors the scores carry
+            readouts[split] = factor_readouts(inference.pred, raw_factors, inference.clips, seed=cfg.seed)
         if split == ATTENTION_SPLIT:
             write_test_dumps(inference, attention_arrays(inference, dataset), truth, columns, cfg)
 
@@ -245,6 +256,8 @@ def main() -> None:
     from stages.report.scores import headline  # what `dvc metrics show` prints of the scores
 
     scores = metrics_json(results)
+    if any(readouts.values()):
+        scores["factors"] = readouts
     write_json(cfg.scores, scores)
     write_json(cfg.metrics, headline(scores))
     card = state.get("card") or {}

@@ -282,3 +282,25 @@ def test_an_unscorable_test_split_still_leaves_every_declared_output(tiny_run):
     for dump in ("attention", "embeddings"):
         with np.load(tiny_run / "reports" / dump / "test.npz") as z:
             assert "too few usable clips" in str(z["skipped"])
+
+
+def test_factor_readouts_find_what_the_predictions_carry_and_nothing_else():
+    from stages.report.scores import factor_readouts
+
+    rng = np.random.default_rng(0)
+    n = 300
+    pred = rng.uniform(0, 1, (n, 5))
+    clips = [f"c{i}.000" for i in range(n)]
+    factors = pd.DataFrame(
+        {
+            "clip": clips,
+            "s_tint": 2 * pred[:, 0] - pred[:, 3] + rng.normal(0, 0.01, n),  # carried by the scores
+            "d_blink": rng.standard_normal(n),  # independent of them
+            "face_id": rng.integers(0, 9, n),  # a nuisance, not a latent factor
+        }
+    )
+    out = factor_readouts(pred, factors.sample(frac=1, random_state=1), clips)
+    assert set(out) == {"s_tint", "d_blink"}
+    assert out["s_tint"]["r"] > 0.99 and out["s_tint"]["r2"] > 0.98
+    assert abs(out["d_blink"]["r"]) < 0.2 and out["d_blink"]["r2"] < 0.02
+    assert factor_readouts(pred[:3], factors, clips[:3]) == {}  # too few clips to cross-validate

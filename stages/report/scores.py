@@ -133,3 +133,34 @@ def headline(scores: dict[str, Any]) -> dict[str, Any]:
         if gap is not None:
             out[name]["gap"] = gap["mean"]
     return out
+
+
+# The synthetic generator's latent factors in factors.csv (s_tint, s_shade, d_mouth, d_blink, ...).
+LATENT_PREFIXES = ("s_", "d_")
+
+
+def factor_readouts(
+    pred: np.ndarray, factors: pd.DataFrame, clips: list[str], folds: int = 5, seed: int = 0
+) -> dict[str, dict[str, float]]:
+    """Which latent factors the predictions carry: each factor regressed linearly on the predicted
+    outputs with `folds`-fold cross-validation; r and R² of the held-out fits, per factor.
+
+    Read on the known-answer data: a factor the model perceives is recoverable from its five
+    scores (r near 1), one it misses is not (r near 0), whatever the traits mix.
+    """
+    from sklearn.linear_model import LinearRegression
+    from sklearn.model_selection import KFold, cross_val_predict
+
+    table = factors.set_index("clip").loc[clips]
+    names = [c for c in factors.columns if c.startswith(LATENT_PREFIXES)]
+    if len(clips) < max(folds, 3) or not names:
+        return {}
+    cv = KFold(folds, shuffle=True, random_state=seed)
+    out = {}
+    for name in names:
+        y = table[name].to_numpy(np.float64)
+        fit = cross_val_predict(LinearRegression(), pred, y, cv=cv)
+        r = float(np.corrcoef(fit, y)[0, 1]) if fit.std() > 0 and y.std() > 0 else 0.0
+        r2 = float(1 - ((y - fit) ** 2).sum() / ((y - y.mean()) ** 2).sum())
+        out[name] = {"r": r, "r2": r2}
+    return out

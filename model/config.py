@@ -180,6 +180,7 @@ class FusionConfig:
     norm: bool = True
     ff_mult: int = 2  # feed-forward hidden size = ff_mult * dim
     dropout: float = 0.1
+    shared_position: bool = False  # one learned 2D position embedding for face and flow tokens (same grid)
 
 
 @dataclass

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 
-from model.config import DynamicConfig, FusionConfig, ModelConfig, StaticConfig, pretrained_file
+from model.config import ConfigError, DynamicConfig, FusionConfig, ModelConfig, StaticConfig, pretrained_file
 
 log = logging.getLogger(__name__)
 
@@ -320,7 +320,8 @@ class DynamicStream(nn.Module):
         fmap, lengths = self.backbone(x, lengths)  # (B, C, T', h, w)
         bsz, _, t, h, w = fmap.shape
         tokens = self.proj(fmap.flatten(3).permute(0, 2, 3, 1))  # (B, T', h*w, D)
-        tokens = tokens + self.pos_emb + sinusoid(t, tokens.shape[-1], tokens.device)[None, :, None]
+        pos = self.pos_emb.reshape(1, 1, h * w, -1)  # its own, or the face stream's when shared
+        tokens = tokens + pos + sinusoid(t, tokens.shape[-1], tokens.device)[None, :, None]
         valid = torch.arange(t, device=flow.device)[None, :] < lengths[:, None]  # (B, T')
         valid = valid[:, :, None].expand(bsz, t, h * w)
         return tokens.flatten(1, 2), valid.flatten(1), (t, h, w)
@@ -427,6 +428,8 @@ class DualStreamNet(nn.Module):
         self.fusion = (
             CrossAttentionFusion(cfg.fusion) if both and cfg.fusion.type == "cross_attention" else None
         )
+        if both and cfg.fusion.shared_position:
+            self._share_position(cfg)
         head_in = 2 * dim if both and cfg.fusion.type != "add" else dim
         self.head = nn.Sequential(
             nn.LayerNorm(head_in),
@@ -435,6 +438,20 @@ class DualStreamNet(nn.Module):
             nn.Dropout(cfg.dropout),
             nn.Linear(cfg.head_hidden, cfg.n_outputs),
         )
+
+    def _share_position(self, cfg: ModelConfig) -> None:
+        """One 2D position embedding for both streams: face token (i, j) and flow token (i, j) start
+        from the same vector, so attention can relate a place in the face to the same place in the
+        motion. Both grids must cover the same face area at the same resolution."""
+        face, flow = self.static.grid[1:], self.dynamic.spatial
+        if face != flow:
+            raise ConfigError(
+                f"model.fusion.shared_position: the face tokens lie on a {face[0]}x{face[1]} grid "
+                f"(model.static.input_size {cfg.static.input_size}) and the flow tokens on "
+                f"{flow[0]}x{flow[1]} (model.dynamic.input_size {cfg.dynamic.input_size}); a shared "
+                "position embedding needs the same grid (e.g. static 128 px and light3d flow 56 px: 4x4)"
+            )
+        self.dynamic.pos_emb = self.static.pos_emb  # one Parameter, registered in both streams
 
     @torch.no_grad()
     def set_output_prior(self, mean: Tensor) -> None:

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torchvision
 
-from model.config import ModelConfig
+from model.config import ConfigError, ModelConfig
 from model.network import build_model, freeze_prefixes, load_pretrained
 from model.records import LABEL_COLUMNS, TRAITS
 
@@ -223,3 +223,34 @@ def test_frozen_layers_do_not_change() -> None:
     after = backbone.state_dict()
     assert all(torch.equal(v, after[k]) for k, v in frozen.items())  # weights and BN running stats
     assert backbone.bn1.training is False and backbone.layer3[0].bn1.training is True
+
+
+def test_a_shared_position_embedding_is_one_parameter_on_one_grid() -> None:
+    """4x4 face tokens (128 px) and 4x4 flow tokens (light3d at 56 px) over the same crop share
+    one 2D position embedding: one tensor, trained once, in the checkpoint under both names."""
+    over = {"static": {"input_size": 128}, "dynamic": {"input_size": 56, "channels": 4, "blocks": 3}}
+    cfg = tiny_cfg(**over, fusion={"shared_position": True})
+    model = build_model(cfg)
+    assert model.static.grid[1:] == model.dynamic.spatial == (4, 4)
+    assert model.static.pos_emb is model.dynamic.pos_emb
+    assert sum(p is model.static.pos_emb for p in model.parameters()) == 1  # the optimizer sees it once
+    out = model(*inputs(cfg, [3, 2]))
+    out.pred.sum().backward()
+    assert model.static.pos_emb.grad is not None and model.static.pos_emb.grad.abs().sum() > 0
+    state = model.state_dict()
+    assert torch.equal(
+        state["static.pos_emb"], state["dynamic.pos_emb"].reshape(state["static.pos_emb"].shape)
+    )
+    again = build_model(cfg)
+    again.load_state_dict(state)
+    assert again.static.pos_emb is again.dynamic.pos_emb
+    assert torch.equal(again.dynamic.pos_emb, model.static.pos_emb.detach())
+    separate = build_model(tiny_cfg(**over))
+    assert separate.static.pos_emb is not separate.dynamic.pos_emb
+
+
+def test_a_shared_position_embedding_needs_the_same_grid() -> None:
+    cfg = tiny_cfg(static={"input_size": 64}, dynamic={"input_size": 56, "channels": 4, "blocks": 3})
+    cfg.fusion.shared_position = True
+    with pytest.raises(ConfigError, match=r"2x2 grid .*4x4"):
+        build_model(cfg)

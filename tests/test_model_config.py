@@ -15,6 +15,7 @@ from stages.common import Shards
 from stages.compute_flow import FlowParams
 from stages.evaluate import EvalConfig
 from stages.extract_frames import FramesParams
+from stages.paper import PaperConfig
 from stages.plot import PlotConfig
 from stages.predict import PredictParams
 from stages.preprocess.faces import FACES_STAGE_KEYS, AlignConfig
@@ -131,6 +132,7 @@ def _defaults(cls: type) -> dict:
         (EvalConfig, PARAMS["evaluate"], ()),
         (AnalyzeConfig, PARAMS["analyze"], ()),
         (PlotConfig, PARAMS["plot"], ()),
+        (PaperConfig, PARAMS["paper"], ()),
         (PredictParams, PARAMS["predict"], ()),
         (Shards, {**PARAMS["shards"], "ids": tuple(PARAMS["shards"]["ids"])}, ()),
     ],

@@ -87,6 +87,19 @@ def test_repro_writes_every_output(project: Path) -> None:
     assert with_test["test"]["clips"] == scores["test"]["n_clips"]
 
 
+def test_repro_builds_the_paper_with_the_runs_numbers(project: Path) -> None:
+    """The last stage writes paper/paper.pdf from this run's reports (TeX Live: see README, "The paper")."""
+    from pypdf import PdfReader
+
+    pdf = project / "paper/paper.pdf"
+    assert pdf.is_file(), "dvc repro made no paper/paper.pdf"
+    headline = json.loads((project / "reports/metrics.json").read_text())["test"]["1-mae"]
+    text = " ".join(page.extract_text() for page in PdfReader(pdf).pages)
+    assert f"{headline:.4f}" in text, f"the paper does not hold this run's test mean 1-MAE {headline:.4f}"
+    numbers = (project / "paper/generated/numbers.tex").read_text()
+    assert f"\\newcommand{{\\TestMAE}}{{{headline:.4f}}}" in numbers
+
+
 def test_second_repro_changes_nothing(project: Path) -> None:
     out = run(["dvc", "repro"], project)
     assert "didn't change" in out or "up to date" in out.lower()

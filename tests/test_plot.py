@@ -19,6 +19,7 @@ from model.records import LABEL_COLUMNS, TRAITS
 from model.training import RunConfigs, save_checkpoint
 from stages import analyze, evaluate, plot
 from stages.report import ablations, tables
+from tests.conftest import REPO
 
 FACE, FLOW, K = 32, 16, 2
 
@@ -115,7 +116,16 @@ def evaluated_run(tmp_path_factory):
         }
     )
     params["analyze"].update({"batch_size": 4, "occlusion_clips": 2, "occlusion_cells": 3})
-    params["plot"].update({"dpi": 60, "n_resamples": 50, "tsne_min_clips": 5, "tsne_perplexity": 2.0})
+    params["plot"].update(
+        {
+            "dpi": 60,
+            "n_resamples": 50,
+            "tsne_min_clips": 5,
+            "tsne_perplexity": 2.0,
+            # a source file of the repository, not a report
+            "published": str(REPO / "paper" / "published.csv"),
+        }
+    )
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
         (root / "params.yaml").write_text(yaml.safe_dump(params))
@@ -161,6 +171,7 @@ def test_plot_writes_every_figure_table_and_the_report(evaluated_run, monkeypatc
         assert "|" in md and "\\begin{tabular}" in tex, name
     comparison = (root / "reports" / "tables" / "comparison.md").read_text()
     assert "This model" in comparison and "0.8814" in comparison and "NOT comparable" in comparison
+    assert "visual only" in comparison and "0.9067" in comparison  # every published row, visual-only marked
 
     mass = json.loads((root / "reports" / "attention_mass.json").read_text())
     for direction in ("static_to_dynamic", "dynamic_to_static"):

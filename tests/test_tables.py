@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
+
 from model.records import TRAITS
 from stages.report import tables
+from tests.conftest import REPO
+
+PUBLISHED = REPO / "paper" / "published.csv"
 
 
 def _entry(v: float) -> dict:
@@ -31,14 +36,24 @@ def test_results_table_rows_follow_what_metrics_hold():
 
 
 def test_published_figures_carry_a_citation_and_the_baseline():
-    frame = tables.published_table()
+    frame = tables.published_table(PUBLISHED)
     assert frame["source"].str.len().min() > 20
     baseline = frame.iloc[0]
     assert baseline["mean"] == "0.8814" and baseline["Openness (O)"] == "0.8833"
-    assert baseline["Agreeableness (A)"] == "0.8935"
-    for p in tables.PUBLISHED:  # per-trait figures, where given, average to the mean
+    assert baseline["Agreeableness (A)"] == "0.8935" and baseline["visual only"] == "n/a"
+    assert {"modality", "visual only", "split", "CCC"} <= set(frame.columns)
+    assert "yes" in set(frame["visual only"]), "the visual-only figures are marked"
+    for p in tables.read_published(PUBLISHED):  # per-trait figures, where given, average to the mean
         if len(p.traits) == len(TRAITS):
             assert abs(sum(p.traits.values()) / len(TRAITS) - p.mean) < 1e-3
+
+
+def test_a_published_row_without_its_visual_only_mark_is_refused(tmp_path):
+    bad = tmp_path / "published.csv"
+    text = PUBLISHED.read_text().replace(",no,", ",maybe,", 1)
+    bad.write_text(text)
+    with pytest.raises(ValueError, match="visual_only 'maybe'"):
+        tables.read_published(bad)
 
 
 def test_latex_escape():
@@ -46,10 +61,11 @@ def test_latex_escape():
 
 
 def test_write_table_markdown_and_latex(tmp_path):
-    frame = tables.comparison_table(METRICS, "test", "synthetic")
+    frame = tables.comparison_table(METRICS, "test", "synthetic", PUBLISHED)
     md, tex = tables.write_table(frame, tmp_path, "comparison", "Caption with 50% & more")
     text = md.read_text()
-    assert text.startswith("Caption") and "| This model" in text and "FI V2 test (published)" in text
+    assert text.startswith("Caption") and "| This model" in text and "test (2000 clips) (published)" in text
+    assert list(frame["visual only"][:2]) == ["yes", "n/a"]  # this model sees faces and flow only
     latex = tex.read_text()
     assert (
         "\\begin{tabular}" in latex and "\\caption{Caption with 50\\% \\& more}" in latex

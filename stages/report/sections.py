@@ -77,14 +77,15 @@ def metrics_section(ctx: Context) -> None:
         else ""
     )
     ctx.table(
-        tables.comparison_table(m, split, source),
+        tables.comparison_table(m, split, source, ctx.cfg.published),
         "comparison",
-        f"1-MAE per trait beside published results on the FI V2 test split (sources in published.md).{note}",
+        "1-MAE per trait (and mean CCC where given) beside published results on the ChaLearn FI test split, "
+        f"with each one's modality and whether it is visual-only (sources in published.md).{note}",
     )
     ctx.table(
-        tables.published_table(),
+        tables.published_table(ctx.cfg.published),
         "published",
-        "Published 1-MAE on the ChaLearn FI V2 test split, with sources.",
+        f"Published results on the ChaLearn FI test split, with their modality and sources ({ctx.cfg.published}).",
     )
     ctx.summaries["metrics"] = {
         "model_mean_1mae": m[split]["mean"]["1-mae"],

@@ -1,12 +1,16 @@
 """Paper-ready tables in Markdown and LaTeX: this run's scores beside published FI V2 figures.
 
-Published figures are listed only where the number and its source are certain; each carries its
-citation. They were measured on the official FI V2 test split (ChaLearn LAP 2016 test set), so
-they are comparable to a run only when the run used that data (`data.source: chalearn`).
+Published figures live in one data file, `paper/published.csv` (the plot stage's param
+`plot.published`; the paper stage reads the same file): a row only where the number and its source
+were checked, each with its modality, whether it is visual-only, its split and a BibTeX key of
+`paper/references.bib`. They were measured on the official ChaLearn test split, so they are
+comparable to a run only when the run used that data (`data.source: chalearn`).
 """
 
 from __future__ import annotations
 
+import csv
+import io
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,38 +21,67 @@ import pandas as pd
 from model.atomic import atomic_path
 from model.records import TRAITS
 
+PUBLISHED_CSV = Path("paper/published.csv")
+PUBLISHED_COLUMNS = (
+    "method", "modality", "visual_only", "split", "one_minus_mae", "ccc", *TRAITS, "citation", "source",
+)  # fmt: skip
+VISUAL_ONLY = ("yes", "no", "n/a")
+
 
 @dataclass(frozen=True)
 class Published:
-    """A published 1-MAE on the FI V2 test split; per-trait figures where the source gives them."""
+    """A published figure on the ChaLearn test split: mean 1-MAE and/or CCC, per-trait 1-MAE where the
+    source gives them, and where it comes from."""
 
     method: str
-    citation: str
-    mean: float
+    modality: str
+    visual_only: str  # yes | no | n/a (not a model)
+    split: str
+    citation: str  # a BibTeX key of paper/references.bib
+    source: str  # where the figure was read and how it was checked
+    mean: float | None = None  # 1-MAE
+    ccc: float | None = None
     traits: dict[str, float] = field(default_factory=dict)
 
 
-PUBLISHED: tuple[Published, ...] = (
-    Published(
-        method="Training-set mean (every clip)",
-        citation="Measured on the official FI V2 labels (../shared/data/README.md)",
-        mean=0.8814,
-        traits={
-            "openness": 0.8833,
-            "conscientiousness": 0.8746,
-            "extraversion": 0.8781,
-            "agreeableness": 0.8935,
-            "neuroticism": 0.8773,
-        },
-    ),
-    Published(
-        method="NJU-LAMDA, Deep Bimodal Regression (challenge winner)",
-        citation="Zhang, Wei, Wu, Cai, Lin, Zhou. Deep Bimodal Regression for Apparent Personality "
-        "Analysis. ECCV 2016 Workshops, LNCS 9915; result as reported in Ponce-López et al., "
-        "ChaLearn LAP 2016: First Round Challenge on First Impressions, ECCV 2016 Workshops",
-        mean=0.9130,
-    ),
-)
+def _number(row: Mapping[str, str], key: str, path: Path, line: int) -> float | None:
+    text = (row.get(key) or "").strip()
+    if not text:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"{path}, row {line}: {key} {text!r} is not a number") from None
+
+
+def read_published(path: str | Path = PUBLISHED_CSV) -> tuple[Published, ...]:
+    """The rows of the published-figures file (lines starting with # are comments)."""
+    path = Path(path)
+    lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if not ln.lstrip().startswith("#")]
+    reader = csv.DictReader(io.StringIO("\n".join(lines)))
+    missing = set(PUBLISHED_COLUMNS) - set(reader.fieldnames or ())
+    if missing:
+        raise ValueError(f"{path}: missing columns {sorted(missing)}")
+    rows = []
+    for i, row in enumerate(reader, start=1):
+        visual = row["visual_only"].strip()
+        if visual not in VISUAL_ONLY:
+            raise ValueError(f"{path}, row {i}: visual_only {visual!r} is not one of {list(VISUAL_ONLY)}")
+        traits = {t: v for t in TRAITS if (v := _number(row, t, path, i)) is not None}
+        rows.append(
+            Published(
+                method=row["method"].strip(),
+                modality=row["modality"].strip(),
+                visual_only=visual,
+                split=row["split"].strip(),
+                citation=row["citation"].strip(),
+                source=row["source"].strip(),
+                mean=_number(row, "one_minus_mae", path, i),
+                ccc=_number(row, "ccc", path, i),
+                traits=traits,
+            )
+        )
+    return tuple(rows)
 
 
 def ci_cell(entry: Mapping[str, Any], metric: str, digits: int = 4) -> str:
@@ -85,26 +118,51 @@ def results_table(metrics: Mapping[str, Any], split: str, metric: str = "1-mae")
     return pd.DataFrame(rows)
 
 
-def published_table(include: bool = True) -> pd.DataFrame:
-    """The published FI V2 test figures (1-MAE), blank where a source gives no per-trait figure."""
+def _cell(v: float | None) -> str:
+    return "–" if v is None else f"{v:.4f}"
+
+
+def published_table(path: str | Path = PUBLISHED_CSV) -> pd.DataFrame:
+    """The published figures: method, modality, visual-only, split, 1-MAE per trait and mean, CCC, source."""
     rows = []
-    for p in PUBLISHED if include else ():
+    for p in read_published(path):
         rows.append(
             {
                 "method": p.method,
-                **{_short(t): f"{p.traits[t]:.4f}" if t in p.traits else "–" for t in TRAITS},
-                "mean": f"{p.mean:.4f}",
-                "source": p.citation,
+                "modality": p.modality,
+                "visual only": p.visual_only,
+                "split": p.split,
+                **{_short(t): _cell(p.traits.get(t)) for t in TRAITS},
+                "mean": _cell(p.mean),
+                "CCC": _cell(p.ccc),
+                "source": f"[{p.citation}] {p.source}",
             }
         )
     return pd.DataFrame(rows)
 
 
-def comparison_table(metrics: Mapping[str, Any], split: str, source: str) -> pd.DataFrame:
-    """This run's 1-MAE rows above the published ones, with a column saying on which data each was measured."""
-    run = results_table(metrics, split).assign(data=f"{source} ({split})")
-    published = published_table().drop(columns="source").assign(data="FI V2 test (published)")
-    return pd.concat([run, published], ignore_index=True)
+def comparison_table(
+    metrics: Mapping[str, Any], split: str, source: str, published: str | Path = PUBLISHED_CSV
+) -> pd.DataFrame:
+    """This run's 1-MAE rows above the published ones, with the data each was measured on, its modality
+    and whether it is visual-only (this model sees faces and their motion: visual only)."""
+    run = results_table(metrics, split).assign(
+        modality="visual (faces and optical flow)", **{"visual only": "yes"}, data=f"{source} ({split})"
+    )
+    run.loc[run["method"] != "This model", ["modality", "visual only"]] = ["–", "n/a"]
+    ccc = metrics.get(split, {}).get("mean", {}).get("ccc")
+    run["CCC"] = ["–"] * len(run)
+    if ccc is not None and len(run):
+        run.loc[0, "CCC"] = f"{ccc:.4f}"
+    published = (
+        published_table(published)
+        .drop(columns="source")
+        .rename(columns={"split": "data"})
+        .assign(data=lambda f: f["data"] + " (published)")
+    )
+    return pd.concat([run, published], ignore_index=True)[
+        ["method", "modality", "visual only", *[_short(t) for t in TRAITS], "mean", "CCC", "data"]
+    ]
 
 
 def write_table(frame: pd.DataFrame, out_dir: str | Path, name: str, caption: str) -> list[Path]:

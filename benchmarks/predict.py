@@ -5,7 +5,7 @@ timed `--repeat` times: decode, detect (inside MTCNN), align (the rest of alignm
 tracking, warping), flow and forward (batching and the network), wall and CPU seconds. Exact is
 the straightforward path, every stage function at the checkpoint's params as the pipeline runs
 them; fast is `predict --fast`. Their scores are compared too. Cold: `python -m stages.predict`
-in a fresh process, from its start to the first prediction written.
+in a fresh process, from its start to the first prediction written, and to its exit.
 
     python -m benchmarks.predict [--video PATH] [--model PATH] [--repeat 3] [--out FILE]
 
@@ -92,19 +92,26 @@ def throughput(predictor: Predictor, video: Path, clips: int) -> dict[str, float
 
 
 def cold_start(video: Path, model: Path, fast: bool) -> dict[str, float]:  # fast: with params' fast knobs
-    """A fresh `python -m stages.predict` process: seconds to its JSON, its start-up share and the clip's."""
+    """A fresh `python -m stages.predict` process: seconds to its JSON (the first score) and to its
+    exit, its start-up share and the clip's."""
     cmd = [sys.executable, "-m", "stages.predict", str(video.resolve()), "--model", str(model.resolve())] + (
         ["--fast"] if fast else ["--exact"]
     )
     env = os.environ | {"TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(REPO)}
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, tempfile.TemporaryFile("w+") as err:
         start = time.perf_counter()
-        proc = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True, check=False)
+        proc = subprocess.Popen(cmd, cwd=tmp, env=env, stdout=subprocess.PIPE, stderr=err, text=True)
+        first = proc.stdout.readline()  # the JSON is written at once, when the clip is scored
+        scored = time.perf_counter() - start
+        text = first + proc.stdout.read()
+        returncode = proc.wait()
         seconds = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise RuntimeError(f"cold run failed ({proc.returncode}): {proc.stderr[-1000:]}")
-    out = json.loads(proc.stdout)
+        err.seek(0)
+        if returncode != 0:
+            raise RuntimeError(f"cold run failed ({returncode}): {err.read()[-1000:]}")
+    out = json.loads(text)
     return {
+        "first_score_seconds": scored,
         "process_seconds": seconds,
         "startup_seconds": out["startup_seconds"],
         "clip_seconds": out["clips"][0]["seconds"],
@@ -150,8 +157,9 @@ def report_lines(exact: dict[str, Any], fast: dict[str, Any], cold: dict[str, fl
     verdict = "meets" if fast["total"] <= TARGET_SECONDS else "misses"
     lines.append(f"fast path {fast['total']:.3f} s per clip {verdict} the {TARGET_SECONDS:.1f} s target")
     lines.append(
-        f"cold start (fresh process, --fast): {cold['process_seconds']:.2f} s to the first prediction, "
-        f"of which {cold['startup_seconds']:.2f} s start-up (imports, MTCNN, model) and {cold['clip_seconds']:.2f} s the clip"
+        f"cold start (fresh process, --fast): {cold['first_score_seconds']:.2f} s to the first prediction, "
+        f"of which {cold['startup_seconds']:.2f} s start-up (imports, MTCNN, model) and {cold['clip_seconds']:.2f} s the clip; "
+        f"{cold['process_seconds']:.2f} s to its exit"
     )
     return lines
 

@@ -11,10 +11,10 @@ import logging
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
-import pandas as pd
 import torch
 import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
@@ -24,6 +24,9 @@ from tqdm import tqdm
 
 from model.config import AugmentConfig, DataConfig
 from model.records import Clip, ClipSource
+
+if TYPE_CHECKING:
+    import pandas as pd  # the labels a dataset is given; predict never loads pandas
 
 log = logging.getLogger(__name__)
 

@@ -24,8 +24,9 @@ import psutil
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
+from tqdm import tqdm
 
-from model import distributed, metrics, tracking
+from model import distributed, tracking
 from model.atomic import atomic_path
 from model.card import with_scores
 from model.config import DataConfig, ModelConfig, TrainConfig
@@ -142,12 +143,18 @@ def train_one_epoch(
     scaler: torch.amp.GradScaler,
     device: torch.device,
     cfg: TrainConfig,
+    progress: str | None = None,
 ) -> dict[str, float]:
-    """One pass over the training loader; returns the mean loss and throughput (of this process's share)."""
+    """One pass over the training loader; returns the mean loss and throughput (of this process's share).
+
+    `progress` names a progress bar over the batches on stderr (with the running mean loss), erased
+    when the epoch ends; None shows none (the ranks other than 0 under DDP).
+    """
     model.train()
     use_amp = cfg.amp and device.type == "cuda"
     total, n, start = 0.0, 0, time.perf_counter()
-    for batch in loader:
+    bar = tqdm(loader, desc=progress, unit="batch", mininterval=1.0, leave=False, disable=progress is None)
+    for batch in bar:
         batch = batch.to(device, non_blocking=device.type == "cuda")
         with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
             out = model(batch.faces, batch.flow, batch.flow_mask)
@@ -163,6 +170,7 @@ def train_one_epoch(
             scheduler.step()
         total += loss.item() * len(batch)
         n += len(batch)
+        bar.set_postfix(loss=f"{total / n:.4f}", refresh=False)
     seconds = time.perf_counter() - start
     return {"loss": total / max(1, n), "clips_per_second": n / max(seconds, 1e-9), "seconds": seconds}
 
@@ -171,6 +179,8 @@ def validation_scores(
     preds: np.ndarray, targets: np.ndarray, columns: tuple[str, ...], loss_fn: nn.Module
 ) -> dict[str, float]:
     """Validation loss, 1-MAE and R² per output, and their means over the five traits."""
+    from model import metrics  # SciPy and scikit-learn: not for a reader of checkpoints such as predict
+
     scores = {"loss": float(loss_fn(torch.from_numpy(preds), torch.from_numpy(targets)))}
     acc = metrics.one_minus_mae(targets, preds)
     r2 = metrics.r2(targets, preds) if len(targets) > 1 else np.full(len(columns), np.nan)
@@ -335,7 +345,8 @@ def train(
                 train_loader.sampler.set_epoch(epoch)
             t0 = time.perf_counter()
             lr = optimizer.param_groups[0]["lr"]
-            fit = train_one_epoch(net, train_loader, optimizer, scheduler, loss_fn, scaler, device, cfg)
+            desc = f"epoch {epoch + 1}/{cfg.epochs}" if ctx.is_main else None  # one bar: rank 0's
+            fit = train_one_epoch(net, train_loader, optimizer, scheduler, loss_fn, scaler, device, cfg, desc)
             fit["loss"] = distributed.all_reduce_mean(fit["loss"], ctx)
             fit["clips_per_second"] = (
                 distributed.all_reduce_mean(fit["clips_per_second"], ctx) * ctx.world_size

@@ -10,12 +10,13 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from model.config import require
 from model.records import Clip
+from stages import cli
 from stages.common import (
     ClipResult,
     ShardRun,
@@ -29,11 +30,21 @@ from stages.common import (
     stored_key,
     summarize,
 )
-from stages.preprocess.faces import AlignConfig, FaceDetector, align_clip, check_coverage, make_detector
-from stages.preprocess.storage import load_frames
 
-# Params that change what an output holds; paths, workers, device, batching and min_valid_ratio do not.
-KEY_PARAMS = tuple(f.name for f in fields(AlignConfig) if f.name not in ("batch_size", "min_valid_ratio"))
+# Detection and alignment (OpenCV, scikit-image, SciPy, TensorFlow: stages/preprocess/faces.py) are
+# imported where a clip needs them, so that --help never waits for them.
+if TYPE_CHECKING:
+    from stages.preprocess.faces import AlignConfig, FaceDetector
+
+READS = "params `faces`; the shard's clip list data/shards/<k>.csv and its frames data/frames/<k>/"
+WRITES = "data/faces/<k>/<split>/<clip>.npz, reports/data/faces/<k>.json, reports/logs/align_faces.log"
+
+
+def key_params() -> tuple[str, ...]:
+    """Params that change what an output holds; paths, workers, device, batching and min_valid_ratio do not."""
+    from stages.preprocess.faces import AlignConfig
+
+    return tuple(f.name for f in fields(AlignConfig) if f.name not in ("batch_size", "min_valid_ratio"))
 
 
 @dataclass
@@ -49,11 +60,15 @@ class Job:
     _detector: list[FaceDetector] = field(default_factory=list, repr=False)
 
     def __post_init__(self) -> None:
+        from stages.preprocess.faces import AlignConfig
+
         self.cfg = AlignConfig.from_params(self.params)
 
     @property
     def detector(self) -> FaceDetector:
         if not self._detector:
+            from stages.preprocess.faces import make_detector
+
             self._detector.append(make_detector(self.params.get("device", "CPU:0"), self.threads))
         return self._detector[0]
 
@@ -82,12 +97,15 @@ def to_source_pixels(
 
 def process_clip(clip: Clip, job: Job) -> ClipResult:
     """align-faces for one clip: frames npz in, faces npz out (resumes on a matching key)."""
+    from stages.preprocess.faces import align_clip, check_coverage
+    from stages.preprocess.storage import load_frames
+
     params, cfg = job.params, job.cfg
     src, dst = clip.path(job.frames_dir), clip.path(job.out_dir)
     if not src.exists():
         dst.unlink(missing_ok=True)
         raise SkipClip("no frames (left out by extract-frames)")
-    key = output_key({k: params[k] for k in KEY_PARAMS}, src)
+    key = output_key({k: params[k] for k in key_params()}, src)
     if stored_key(dst) == key:
         with np.load(dst) as z:
             valid, confidence = z["valid"], z["confidence"]
@@ -148,6 +166,8 @@ def stage_report(results: list[ClipResult], params: dict[str, Any]) -> dict[str,
 
 def check_params(section: dict[str, Any]) -> dict[str, Any]:
     """The `faces` section, checked whole: AlignConfig's knobs, and the stage's own keys."""
+    from stages.preprocess.faces import AlignConfig
+
     AlignConfig.from_params(section)
     workers = section.get("workers", 0)
     require(isinstance(workers, int) and not isinstance(workers, bool) and workers >= 0, "faces.workers", workers,
@@ -165,7 +185,8 @@ def make_job(params: dict[str, Any], run: ShardRun, workers: int) -> Job:
 
 
 def main(argv: list[str] | None = None) -> None:
-    run_shard_stage("align_faces", "faces", check_params, process_clip, make_job, stage_report, argv)
+    args = cli.parse(cli.shard_parser("stages.align_faces", __doc__, READS, WRITES), argv)
+    run_shard_stage("align_faces", "faces", check_params, process_clip, make_job, stage_report, args.shard)
 
 
 if __name__ == "__main__":

@@ -11,24 +11,31 @@ saying so. Plot then reads reports/ only: no checkpoint, no data folder.
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from model.config import from_section, require
-from model.data import ClipDataset, collate, make_loader
 from model.records import SPLITS, TRAITS
-from model.training import load_checkpoint
+from stages import cli
 from stages.common import load_params, read_labels, resolve_workers, save_npz, setup_logging, write_json
 from stages.evaluate import split_dataset
-from stages.report import attention_maps as am
-from stages.report import importance
-from stages.report.feature_views import sample_steps
+
+# torch, matplotlib and the libraries on them (model/, stages/report/) are imported where they are
+# used, so that --help never waits for them.
+if TYPE_CHECKING:
+    from model.data import ClipDataset
 
 log = logging.getLogger(__name__)
+
+READS = (
+    "params `analyze` and faces.margin; data/model/best.pt, data/raw/labels.csv, and the split's "
+    "data/faces/ and data/flow/"
+)
+WRITES = "reports/importance.json, reports/analysis/samples.npz, reports/logs/analyze.log"
 
 
 @dataclass
@@ -73,6 +80,10 @@ def mean_baseline(
 
 def occlusion(model: Any, dataset: ClipDataset, cfg: AnalyzeConfig, boxes: dict) -> tuple[dict, np.ndarray]:
     """Occlusion maps over the first clips, their report entry, and the mean face they lie on."""
+    from model.data import collate
+    from stages.report import attention_maps as am
+    from stages.report import importance
+
     subset = [dataset[i] for i in range(min(cfg.occlusion_clips, len(dataset)))]
     maps = importance.occlusion_maps(model, [collate(subset, dataset.cfg)], cfg.occlusion_cells)
     faces = np.stack([s.faces.numpy() for s in subset]).astype(np.float64)  # (n, K, 3, S, S) uint8 values
@@ -94,6 +105,8 @@ def occlusion(model: Any, dataset: ClipDataset, cfg: AnalyzeConfig, boxes: dict)
 
 def flow_samples(dataset: ClipDataset, cfg: AnalyzeConfig) -> dict[str, np.ndarray]:
     """The first clips' stored faces and flow (pixels) at `flow_steps` evenly spaced steps."""
+    from stages.report.feature_views import sample_steps
+
     out: dict[str, np.ndarray] = {}
     names = []
     for i, source in enumerate(dataset.sources[: cfg.flow_clips]):
@@ -106,7 +119,15 @@ def flow_samples(dataset: ClipDataset, cfg: AnalyzeConfig) -> dict[str, np.ndarr
     return out
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    cli.parse(cli.parser("stages.analyze", __doc__, READS, WRITES), argv)
+    import torch
+
+    from model.data import make_loader
+    from model.training import load_checkpoint
+    from stages.report import attention_maps as am
+    from stages.report import importance
+
     setup_logging("analyze")
     start = time.perf_counter()
     params = load_params()
@@ -138,4 +159,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

@@ -8,7 +8,6 @@ right key (so an interrupted run resumes), and count every skipped clip with its
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
@@ -22,16 +21,18 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
-import pandas as pd
 import yaml
 from tqdm import tqdm
 
 from model.atomic import TMP_MARK, atomic_path, is_temporary
 from model.config import ConfigError, flatten, from_section
 from model.records import SPLITS, Clip, ClipSource
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 RAW_DIR = Path("data/raw")
 LABELS_CSV = RAW_DIR / "labels.csv"
@@ -158,6 +159,8 @@ NAME_COLUMNS = ("clip", "split", "video_sha256", "youtube_id")
 def read_table(path: str | Path) -> pd.DataFrame:
     """A CSV of clips (labels, factors, predictions, shard lists): the name columns stay strings as
     written, even a clip named `NA`, `null` or `007`; the other columns read missing cells as NaN."""
+    import pandas as pd  # here, not at the top: a command's --help never waits for it
+
     columns = pd.read_csv(path, nrows=0).columns
     names = [c for c in columns if c in NAME_COLUMNS]
     return pd.read_csv(
@@ -437,13 +440,10 @@ def shard_report(report: str | Path, shard: int) -> Path:
     return Path(report).with_suffix("") / f"{shard}.json"
 
 
-def parse_shard(argv: list[str] | None, shards: Shards) -> int:
-    """The --shard K of a per-clip stage's command line (default 0), checked against shards.ids."""
-    parser = argparse.ArgumentParser(description="run one shard of a per-clip stage")
-    parser.add_argument("--shard", type=int, default=0, help="shard index, one of shards.ids")
-    shard = parser.parse_args(argv or []).shard
+def check_shard(stage: str, shard: int, shards: Shards) -> int:
+    """A per-clip stage's --shard K (stages.cli.shard_parser), checked against shards.ids."""
     if shard not in shards.ids:
-        parser.error(f"--shard {shard} is not one of shards.ids {list(shards.ids)}")
+        raise SystemExit(f"{stage}: --shard {shard} is not one of shards.ids {list(shards.ids)}")
     return shard
 
 
@@ -539,11 +539,11 @@ class ShardRun:
     started: float = field(default_factory=time.perf_counter)  # the clips' work starts after set-up
 
 
-def start_shard(stage: str, out_dir: str | Path, report: str | Path, argv: list[str] | None) -> ShardRun:
-    """Parse --shard, set up logging (reports/logs/<stage>.log, or <stage>-<k>.log with several
+def start_shard(stage: str, out_dir: str | Path, report: str | Path, shard: int) -> ShardRun:
+    """Check the shard, set up logging (reports/logs/<stage>.log, or <stage>-<k>.log with several
     shards), clear what no shard owns, and list this shard's clips after prepare_outputs."""
     shards = Shards.from_params(load_params().get("shards"))
-    shard = parse_shard(argv, shards)
+    shard = check_shard(stage, shard, shards)
     log_name = stage if shards.count == 1 else f"{stage}-{shard}"
     logger = setup_logging(log_name)
     reports = Path(report).with_suffix("")  # the shard reports' folder
@@ -617,9 +617,9 @@ def run_shard_stage(
     work: Callable[[Clip, S], ClipResult],
     job: Callable[[P, ShardRun, int], S],
     stage_report: Callable[[list[ClipResult], dict[str, Any]], dict[str, Any]],
-    argv: list[str] | None,
+    shard: int,
 ) -> dict[str, Any]:
-    """One shard of a per-clip stage from start to end: check the whole params section with `parse`
+    """Shard `shard` of a per-clip stage from start to end: check the whole params section with `parse`
     (a wrong value stops the stage here, before any file is touched), prepare the shard
     (start_shard), map `work` over its clips with the state `job(params, run, workers)` builds, and
     write the shard's report. Returns the report."""
@@ -630,7 +630,7 @@ def run_shard_stage(
         check_out_dir(section, params)
     except ConfigError as exc:
         raise SystemExit(f"{stage}: {exc}") from None
-    run = start_shard(stage, section_params["out_dir"], section_params["report"], argv)
+    run = start_shard(stage, section_params["out_dir"], section_params["report"], shard)
     logger = logging.getLogger(f"stages.{run.log_name}")
     workers = resolve_workers(section_params.get("workers", 0))
     logger.info("%d clips, %d workers", len(run.clips), workers)

@@ -16,27 +16,41 @@ variants. Scores (1-MAE, R²) are the mean over seeds, with their spread.
 
 from __future__ import annotations
 
-import argparse
 import logging
+import sys
 from pathlib import Path
 
-from model import metrics
+from stages import cli
 from stages.common import load_params, setup_logging, write_json
-from stages.report.ablations import TABLE, build_table, collect
-from stages.report.tables import write_table
 
+# The statistics and the tables (SciPy, statsmodels, pandas: model/metrics.py, stages/report/) are
+# imported by main once the arguments are read, so that --help never waits for them.
 log = logging.getLogger(__name__)
+
+READS = (
+    "params `plot` (ablations_dir, split, full_variant, the bootstrap), `evaluate` and train.seed; "
+    "--collect: this run's reports/predictions/<split>.csv, reports/scores.json and params.yaml; "
+    "--table: every run collected under reports/ablations/"
+)
+WRITES = (
+    "--collect: reports/ablations/<variant>/seed<seed>/; --table: reports/ablations/ablations.md, "
+    ".tex and .json; reports/logs/compare.log"
+)
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = cli.parser("stages.compare", __doc__, READS, WRITES)
     group = parser.add_mutually_exclusive_group(required=True)
     group.add_argument("--collect", metavar="VARIANT", help="copy this run's test outputs as VARIANT")
     group.add_argument(
         "--table", action="store_true", help="build the ablation table from the collected runs"
     )
     parser.add_argument("--seed", help="seed label of the collected run (default: params train.seed)")
-    args = parser.parse_args(argv)
+    args = cli.parse(parser, argv)
+    from model import metrics
+    from stages.report.ablations import TABLE, build_table, collect
+    from stages.report.tables import write_table
+
     setup_logging("compare")
     params = load_params()
     cfg = params["plot"]
@@ -65,4 +79,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

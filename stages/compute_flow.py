@@ -11,12 +11,13 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from model.config import ConfigError, from_section, require
 from model.records import SPLITS, Clip
+from stages import cli
 from stages.common import (
     ClipResult,
     ShardRun,
@@ -29,16 +30,14 @@ from stages.common import (
     stored_key,
     summarize,
 )
-from stages.preprocess.flow import (
-    DIS_PRESETS,
-    HIST_BINS,
-    METHODS,
-    Estimator,
-    clip_flow,
-    estimator_from,
-    magnitude_stats,
-)
-from stages.preprocess.storage import load_flow, read_faces, save_flow
+
+# The estimators and the storage (OpenCV: stages/preprocess/flow.py, storage.py) are imported where a
+# clip needs them, so that --help never waits for them.
+if TYPE_CHECKING:
+    from stages.preprocess.flow import Estimator
+
+READS = "params `flow`; the shard's clip list data/shards/<k>.csv and its faces data/faces/<k>/"
+WRITES = "data/flow/<k>/<split>/<clip>.npz, reports/data/flow/<k>.json, reports/logs/compute_flow.log"
 
 # Params that change what an output holds; paths, workers and validation thresholds do not.
 KEY_PARAMS = (
@@ -71,6 +70,8 @@ class FlowParams:
 
     @classmethod
     def from_params(cls, section: dict[str, Any] | None) -> FlowParams:
+        from stages.preprocess.flow import DIS_PRESETS, METHODS, estimator_from
+
         p = from_section(cls, section, "flow")
         require(p.method in METHODS, "flow.method", p.method, f"one of {list(METHODS)}")
         require(p.size >= 8, "flow.size", p.size, "pixels >= 8")
@@ -107,6 +108,8 @@ class Job:
     @property
     def estimator(self) -> Estimator:
         if not self._estimator:
+            from stages.preprocess.flow import estimator_from
+
             self._estimator.append(estimator_from(asdict(self.params)))
         return self._estimator[0]
 
@@ -124,6 +127,9 @@ def flow_clip(clip: Clip, job: Job) -> ClipResult:
 
 
 def _flow(clip: Clip, out: Path, job: Job) -> ClipResult:
+    from stages.preprocess.flow import clip_flow, magnitude_stats
+    from stages.preprocess.storage import load_flow, read_faces, save_flow
+
     p = job.params
     source = clip.path(job.faces_dir)
     if not source.is_file():
@@ -146,6 +152,8 @@ def _flow(clip: Clip, out: Path, job: Job) -> ClipResult:
 def stage_report(results: list[ClipResult], params: dict[str, Any]) -> dict[str, Any]:
     """summarize() plus |flow| mean, median and p95 (px) per split over valid pairs, and the clipped
     share (one shard's clips, or all shards' when merged)."""
+    from stages.preprocess.flow import HIST_BINS
+
     report = summarize(results)
     bound = params["bound"]
     edges = np.linspace(0.0, bound * np.sqrt(2), HIST_BINS + 1)
@@ -178,7 +186,10 @@ def make_job(params: FlowParams, run: ShardRun, workers: int) -> Job:
 
 
 def main(argv: list[str] | None = None) -> None:
-    run_shard_stage("compute_flow", "flow", FlowParams.from_params, flow_clip, make_job, stage_report, argv)
+    args = cli.parse(cli.shard_parser("stages.compute_flow", __doc__, READS, WRITES), argv)
+    run_shard_stage(
+        "compute_flow", "flow", FlowParams.from_params, flow_clip, make_job, stage_report, args.shard
+    )
 
 
 if __name__ == "__main__":

@@ -6,7 +6,6 @@ dvc exp run $(python -m stages.config --set-args configs/full.yaml)   # or as on
 
 from __future__ import annotations
 
-import argparse
 import shlex
 import sys
 from collections.abc import Mapping
@@ -17,6 +16,10 @@ import yaml
 from ruamel.yaml import YAML
 
 from model.config import flatten
+from stages import cli
+
+READS = "a YAML file of overrides by dotted key (configs/*.yaml) and params.yaml (--params)"
+WRITES = "params.yaml in place, comments kept; with --set-args, the `dvc exp run -S` flags on stdout instead"
 
 
 def apply_overrides(params_path: Path, overrides: Mapping[str, Any]) -> list[str]:
@@ -51,13 +54,11 @@ def set_args(overrides: Mapping[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = cli.parser("stages.config", __doc__, READS, WRITES)
     parser.add_argument("overrides", type=Path, help="a YAML file of overrides, e.g. configs/full.yaml")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--set-args", action="store_true", help="print dvc exp run -S flags instead")
-    args = parser.parse_args(argv)
+    args = cli.parse(parser, argv)
     overrides = yaml.safe_load(args.overrides.read_text(encoding="utf-8")) or {}
     if args.set_args:
         print(set_args(overrides))
@@ -71,4 +72,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(main(sys.argv[1:]))

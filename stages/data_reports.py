@@ -19,10 +19,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from stages import align_faces, compute_flow, extract_frames
+from stages import align_faces, cli, compute_flow, extract_frames
 from stages.common import ClipResult, Shards, load_params, setup_logging, shard_report, write_json
 
 log = logging.getLogger(__name__)
+
+READS = (
+    "params `shards`, `frames`, `faces`, `flow`; the shard reports reports/data/{frames,faces,flow}/<k>.json "
+    "and reports/data/download.json"
+)
+WRITES = (
+    "reports/data/{frames,faces,flow}.json, their headline reports/data/metrics.json (DVC's metric), "
+    "reports/logs/data_reports.log"
+)
 
 # params section -> the stage's report over a list of clip results
 REPORTERS: dict[str, Callable[[list[ClipResult], dict[str, Any]], dict[str, Any]]] = {
@@ -77,6 +86,7 @@ def merge_reports(section: str, params: dict[str, Any], shards: Shards) -> dict[
 
 
 def main(argv: list[str] | None = None) -> None:
+    cli.parse(cli.parser("stages.data_reports", __doc__, READS, WRITES), argv)
     logger = setup_logging("data_reports")
     params = load_params()
     shards = Shards.from_params(params.get("shards"))

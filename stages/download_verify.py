@@ -7,16 +7,16 @@ label; clips that fail are reported in reports/data/download.json and left out o
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from model.atomic import atomic_path
 from model.config import ConfigError, require
 from model.records import LABEL_COLUMNS, SPLITS, Clip
+from stages import cli
 from stages.common import (
     load_params,
     remove_partials,
@@ -24,18 +24,23 @@ from stages.common import (
     setup_logging,
     write_json,
 )
-from stages.sources.chalearn import ChalearnParams, prepare_chalearn
 from stages.sources.problems import Problem
-from stages.sources.synthetic import SyntheticConfig
-from stages.sources.verify import (
-    label_stats,
-    prune_videos,
-    verify_dataset,
-    video_summary,
-    video_table,
-)
+
+# The sources (pandas, OpenCV, scikit-image, requests: stages/sources/) are imported where they are
+# used, so that --help never waits for them.
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger(__name__)
+
+READS = (
+    "params `data`; the synthetic generator, or the FI V2 archives, clips and annotations that "
+    "data.chalearn names (checked against configs/chalearn_manifest.csv and configs/chalearn_clips.csv)"
+)
+WRITES = (
+    "data/raw/videos/<split>/<clip>.mp4, data/raw/labels.csv, videos.csv and factors.csv, "
+    "reports/data/download.json, reports/logs/download_verify.log"
+)
 
 
 def generate_synthetic(cfg: dict[str, Any], seed: int, raw_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -59,6 +64,9 @@ def write_csv(path: Path, frame: pd.DataFrame) -> None:
 
 def check_data_params(cfg: dict[str, Any]) -> None:
     """The whole `data` section, checked before anything is generated, fetched or removed."""
+    from stages.sources.chalearn import ChalearnParams
+    from stages.sources.synthetic import SyntheticConfig
+
     known = {"source", "seed", "workers", "raw_dir", "report", "synthetic", "chalearn"}
     unknown = sorted(set(cfg) - known)
     require(not unknown, "data", unknown, f"no unknown params; known: {sorted(known)}")
@@ -82,7 +90,13 @@ def check_data_params(cfg: dict[str, Any]) -> None:
     ChalearnParams.from_params(cfg.get("chalearn"))
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    cli.parse(cli.parser("stages.download_verify", __doc__, READS, WRITES), argv)
+    import pandas as pd
+
+    from stages.sources.chalearn import prepare_chalearn
+    from stages.sources.verify import label_stats, prune_videos, verify_dataset, video_summary, video_table
+
     log = setup_logging("download_verify")
     cfg = load_params("data")
     try:
@@ -139,4 +153,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

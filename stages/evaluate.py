@@ -12,23 +12,18 @@ reports/evaluate.json (clips left out and why, timings).
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
-import torch
 
-from model import metrics
 from model.card import with_scores
 from model.config import DataConfig, from_section, require
-from model.data import ClipDataset, make_loader
-from model.inference import Inference, predict
-from model.network import DualStreamNet
 from model.records import Clip, video_id
-from model.training import load_checkpoint, resolve_device
+from stages import cli
 from stages.common import (
     atomic_path,
     clip_sources,
@@ -39,20 +34,29 @@ from stages.common import (
     setup_logging,
     write_json,
 )
-from stages.report.scores import (
-    SplitResult,
-    factor_readouts,
-    label_matrix,
-    metrics_json,
-    predictions_frame,
-    score_all,
-)
+
+# torch, pandas and SciPy (model/, stages/report/scores.py) are imported where used: --help never waits.
+if TYPE_CHECKING:
+    import pandas as pd
+    import torch
+
+    from model import metrics
+    from model.data import ClipDataset
+    from model.inference import Inference
+    from model.network import DualStreamNet
+    from stages.report.scores import SplitResult
 
 EVAL_SPLITS = ("val", "test")
 ATTENTION_SPLIT = "test"
 ORACLE_PREFIX = "oracle_"
 # The test clips of a person (a FI V2 YouTube video, a synthetic face) with no clip in training.
 UNSEEN = "test_unseen_identity"
+
+READS = "params `evaluate`; data/model/best.pt, data/raw/labels.csv and factors.csv, data/faces/, data/flow/"
+WRITES = (
+    "reports/: scores.json and its headline metrics.json, predictions/<split>.csv, "
+    "{embeddings,attention}/test.npz, model_card.json, evaluate.json"
+)
 
 
 @dataclass
@@ -89,6 +93,8 @@ class EvalConfig:
 
     @property
     def bootstrap(self) -> metrics.BootstrapConfig:
+        from model import metrics
+
         return metrics.BootstrapConfig(self.n_resamples, self.confidence, self.seed)
 
 
@@ -96,6 +102,8 @@ def split_dataset(
     labels: pd.DataFrame, split: str, faces_dir: str | Path, flow_dir: str | Path, data_cfg: DataConfig
 ) -> tuple[ClipDataset, dict[str, str]]:
     """The split's clips, sorted, that have readable faces and flow; the rest with the reason."""
+    from model.data import ClipDataset
+
     names = sorted(labels.loc[labels["split"] == split, "clip"])
     sources, left_out = clip_sources([Clip(n, split) for n in names], faces_dir, flow_dir)
     dataset = ClipDataset(sources, labels, data_cfg, train=False)
@@ -132,6 +140,9 @@ def run_split(
 
     Those clips run once, with attention; the rest without it (it can be large on real data).
     """
+    from model.data import make_loader
+    from model.inference import predict
+
     names = [c.name for c in dataset.clips]
     cut = cfg.attention_clips if with_attention else 0
     head, tail = dataset.subset(names[:cut]), dataset.subset(names[cut:])
@@ -153,7 +164,7 @@ def attention_arrays(inference: Inference, dataset: ClipDataset) -> dict[str, np
     out: dict[str, np.ndarray] = {
         "clips": np.array(inference.clips[:n]),
         "pred": inference.pred[:n],
-        "faces": torch.stack(faces).numpy() if faces else np.zeros((0, k, size, size, 3), np.uint8),
+        "faces": np.stack([f.numpy() for f in faces]) if faces else np.zeros((0, k, size, size, 3), np.uint8),
     }
     if not dumps:
         return out
@@ -196,7 +207,13 @@ def write_test_dumps(
     save_npz(cfg.attention, compress=True, columns=np.array(columns), truth=truth[:n], **dump)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    cli.parse(cli.parser("stages.evaluate", __doc__, READS, WRITES), argv)
+    import torch
+
+    from model.training import load_checkpoint, resolve_device
+    from stages.report.scores import factor_readouts, label_matrix, metrics_json, predictions_frame, score_all
+
     log = setup_logging("evaluate")
     start = time.perf_counter()
     cfg = EvalConfig.from_params(load_params("evaluate"))
@@ -272,4 +289,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

@@ -16,6 +16,7 @@ import numpy as np
 
 from model.config import from_section, require
 from model.records import Clip
+from stages import cli
 from stages.common import (
     ClipResult,
     ShardRun,
@@ -28,8 +29,11 @@ from stages.common import (
     summarize,
 )
 from stages.preprocess.records import Frames
-from stages.preprocess.storage import CODECS, encode_stream, save_encoded, stored_counts
-from stages.preprocess.video import FrameSampler, check_counts
+
+# The decoders and codecs (PyAV, OpenCV: stages/preprocess/video.py, storage.py) are imported where a
+# clip needs them, so that --help never waits for them.
+READS = "params `frames`; the shard's clip list data/shards/<k>.csv and its videos data/raw/videos/"
+WRITES = "data/frames/<k>/<split>/<clip>.npz, reports/data/frames/<k>.json, reports/logs/extract_frames.log"
 
 # Params that change what an output holds; paths, workers and validation thresholds do not.
 KEY_PARAMS = ("fps", "max_side", "codec", "quality")
@@ -54,6 +58,8 @@ class FramesParams:
 
     @classmethod
     def from_params(cls, section: dict[str, Any] | None) -> FramesParams:
+        from stages.preprocess.storage import CODECS
+
         p = from_section(cls, section, "frames")
         require(p.fps > 0, "frames.fps", p.fps, "a rate > 0 (frames per second)")
         require(p.max_side >= 0, "frames.max_side", p.max_side, "pixels >= 0 (0 keeps the size)")
@@ -93,6 +99,9 @@ def extract_clip(clip: Clip, job: Job) -> ClipResult:
 
 
 def _extract(clip: Clip, out: Path, job: Job) -> ClipResult:
+    from stages.preprocess.storage import encode_stream, save_encoded
+    from stages.preprocess.video import FrameSampler, check_counts
+
     p = job.params
     video = clip.path(p.videos_dir, ".mp4")
     if not video.is_file():
@@ -131,6 +140,8 @@ def _extract(clip: Clip, out: Path, job: Job) -> ClipResult:
 
 def _cached_counts(out: Path, key: str) -> tuple[int, int, int] | None:
     """The stored counts when `out` was made with `key`; None when it must be made (again)."""
+    from stages.preprocess.storage import stored_counts
+
     if stored_key(out) != key:
         return None
     try:
@@ -162,8 +173,9 @@ def make_job(params: FramesParams, run: ShardRun, workers: int) -> Job:
 
 
 def main(argv: list[str] | None = None) -> None:
+    args = cli.parse(cli.shard_parser("stages.extract_frames", __doc__, READS, WRITES), argv)
     run_shard_stage(
-        "extract_frames", "frames", FramesParams.from_params, extract_clip, make_job, stage_report, argv
+        "extract_frames", "frames", FramesParams.from_params, extract_clip, make_job, stage_report, args.shard
     )
 
 

@@ -8,24 +8,36 @@ with the reason recorded in reports/plot.json and in the report, and never ends 
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from model.config import from_section, require
 from model.records import SPLITS
+from stages import cli
 from stages.common import (
     load_params,
     setup_logging,
     write_json,
 )
-from stages.report import attention_maps as am
-from stages.report import figures
-from stages.report.document import Context, Missing, render_report, write_text
-from stages.report.sections import SECTIONS
+
+# The report libraries (matplotlib, pandas, scikit-learn: stages/report/) are imported by run, so
+# that --help never waits for them.
+if TYPE_CHECKING:
+    from stages.report.document import Context
 
 log = logging.getLogger(__name__)
+
+READS = (
+    "params `plot` (and faces.margin, data.source); what earlier stages wrote under reports/: dvclive "
+    "curves, predictions, metrics, attention and embedding dumps, importance, data reports, ablations"
+)
+WRITES = (
+    "reports/figures/ (PNG and PDF), reports/tables/ (Markdown and LaTeX), reports/report.md, "
+    "reports/plot.json, reports/attention_mass.json, reports/logs/plot.log"
+)
 
 
 @dataclass
@@ -78,6 +90,11 @@ class PlotConfig:
 
 def run(params: dict[str, Any]) -> Context:
     """Every section in turn; a section whose input is missing (or that fails) is skipped and recorded."""
+    from stages.report import attention_maps as am
+    from stages.report import figures
+    from stages.report.document import Context, Missing, render_report, write_text
+    from stages.report.sections import SECTIONS
+
     cfg = PlotConfig.from_params(params.get("plot", {}))
     figures.apply_style(cfg.dpi)
     margin = float(params.get("faces", {}).get("margin", 0.0))
@@ -114,7 +131,8 @@ def run(params: dict[str, Any]) -> Context:
     return ctx
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    cli.parse(cli.parser("stages.plot", __doc__, READS, WRITES), argv)
     setup_logging("plot")
     logging.getLogger("fontTools").setLevel(logging.WARNING)  # PDF font subsetting chatters at INFO
     start = time.perf_counter()
@@ -128,4 +146,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

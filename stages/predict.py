@@ -20,31 +20,43 @@ import csv
 import io
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import numpy as np
 import psutil
-import torch
 from tqdm import tqdm
 
 from model.atomic import atomic_path
 from model.card import card_warning
 from model.config import ConfigError, DataConfig, from_section, require
-from model.data import Batch, clip_arrays, collate, frame_indices, make_sample
-from model.training import load_checkpoint, resolve_device
+from stages import cli
 from stages.common import SkipClip, load_params, setup_logging
-from stages.preprocess.clip import ClipFeatures, ClipPreprocessor, FastConfig, Preprocess
-from stages.preprocess.records import Frames
-from stages.preprocess.video import SKIP
-from stages.report.attention_maps import face_attention, overlay_png
+from stages.preprocess.records import SKIP, FastConfig, Frames
+
+# torch, OpenCV, PyAV, TensorFlow, matplotlib and the libraries on them (model/, stages/preprocess/,
+# stages/report/) are imported by the Predictor once the arguments are read: --help never waits for
+# them, and matplotlib is imported only for --explain.
+if TYPE_CHECKING:
+    from model.data import Batch
+    from stages.preprocess.clip import ClipFeatures
 
 log = logging.getLogger(__name__)
+
+READS = (
+    "video files, or folders of .mp4 files; the checkpoint (--model, default params predict.model) with "
+    "the preprocessing params it stores; params `predict` (--params)"
+)
+WRITES = (
+    "JSON (or CSV for a folder or a .csv --out) on stdout or to --out; with --explain, DIR/<clip>.png; "
+    "reports/logs/predict.log"
+)
 
 STEPS = ("decode", "detect", "align", "flow", "forward")
 
@@ -125,6 +137,8 @@ class ClipPrediction:
 
 def model_batch(features: ClipFeatures, data_cfg: DataConfig, name: str = "clip") -> Batch:
     """The batch of one clip, built by the dataset's own functions (clip_arrays, make_sample, collate)."""
+    from model.data import clip_arrays, collate, make_sample
+
     f = features.flow
     arrays = clip_arrays(
         features.faces, features.valid, f.flow, f.scale, f.valid, data_cfg.static_size, data_cfg.flow_size
@@ -161,6 +175,11 @@ class Predictor:
         params_path: str | Path = "params.yaml",
         warm_up: bool = True,
     ) -> None:
+        import torch
+
+        from model.training import load_checkpoint, resolve_device
+        from stages.preprocess.clip import ClipPreprocessor, Preprocess
+
         if threads > 0:
             torch.set_num_threads(threads)
         self.device = resolve_device(device)
@@ -181,6 +200,8 @@ class Predictor:
 
     def warm_up(self) -> None:
         """Trace MTCNN's graphs and run the network once, so that the first clip costs what any clip does."""
+        import torch
+
         self.preprocessor.warm_up()
         data = self.configs.data
         faces = torch.zeros(1, data.static_frames, 3, data.static_size, data.static_size, device=self.device)
@@ -203,6 +224,8 @@ class Predictor:
 
         `frames`: a Future of `read(video)` already under way (see predict_many).
         """
+        import torch
+
         video = Path(video)
         result = ClipPrediction(clip=video.stem, path=str(video), ok=False)
         start = time.perf_counter()
@@ -258,6 +281,9 @@ class Predictor:
 
     def _explain(self, features: ClipFeatures, out: Any, path: Path) -> str:
         """Save the overlay PNG of one clip; returns its path, or an 'unavailable: ...' note."""
+        from model.data import frame_indices
+        from stages.report.attention_maps import face_attention, overlay_png
+
         if not out.attention or "static_to_dynamic" not in out.attention:
             return "unavailable: the model has no static-to-dynamic cross-attention"
         n_real = int(out.dynamic_mask[0].sum())
@@ -299,7 +325,7 @@ def write_results(
 
 
 def parse_args(argv: Sequence[str] | None, defaults: PredictParams) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m stages.predict", description=__doc__.split("\n")[0])
+    parser = cli.parser("stages.predict", __doc__, READS, WRITES)
     parser.add_argument("clips", nargs="+", help="video files, or folders whose .mp4 files are all predicted")
     parser.add_argument("--model", default=defaults.model, help=f"checkpoint (default {defaults.model})")
     parser.add_argument("--out", help="write here instead of stdout; a .csv name selects CSV")
@@ -388,5 +414,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 1 if failed else 0
 
 
+def exit_now(status: int) -> NoReturn:
+    """End the command once everything is written and flushed, without the interpreter's teardown of
+    TensorFlow, torch and MTCNN: it writes nothing and takes seconds, longer than a clip."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())

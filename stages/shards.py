@@ -9,15 +9,14 @@ clips changed. A clip's shard is shard_of(name, N): adding clips never moves the
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from pathlib import Path
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from model.atomic import atomic_path
 from model.records import Clip
+from stages import cli
 from stages.common import (
     SHARD_LIST_COLUMNS,
     ClipResult,
@@ -32,7 +31,13 @@ from stages.common import (
     shard_of,
 )
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 log = logging.getLogger(__name__)
+
+READS = "params `shards` and `frames` (labels, videos_dir): data/raw/labels.csv and every clip's video"
+WRITES = "data/shards/<k>.csv for k in shards.ids, reports/logs/shards.log"
 
 MANIFEST_COLUMNS = SHARD_LIST_COLUMNS
 
@@ -47,6 +52,8 @@ def manifests(
     labels: pd.DataFrame, videos_dir: str | Path, count: int, workers: int = 1
 ) -> list[pd.DataFrame]:
     """Per shard 0..count-1, its clips (in labels order) with their video's sha256."""
+    import pandas as pd  # not at the top: --help never waits for it
+
     clips = [Clip(n, s) for n, s in zip(labels["clip"], labels["split"], strict=True)]
     results = run_clips(_digest_video, clips, workers, "hash videos", Path(videos_dir))
     table = pd.DataFrame(
@@ -69,8 +76,7 @@ def write_manifests(tables: list[pd.DataFrame], out_dir: str | Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.parse_args(argv)
+    cli.parse(cli.parser("stages.shards", __doc__, READS, WRITES), argv)
     logger = setup_logging("shards")
     params = load_params()
     shards = Shards.from_params(params.get("shards"))

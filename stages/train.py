@@ -14,19 +14,16 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from model import distributed, tracking
 from model.card import card_warning, make_card
 from model.config import TRAIN_PATHS, DataConfig, ModelConfig, TrainConfig, flatten
-from model.data import ClipDataset, make_loader
 from model.records import Clip
-from model.training import RunConfigs, resolve_device, seed_everything, train
+from stages import cli
 from stages.common import (
     clip_sources,
     load_params,
@@ -38,8 +35,22 @@ from stages.common import (
     write_json,
 )
 
+# torch and the libraries on it (model/data.py, training.py, distributed.py, tracking.py) are
+# imported by main and run, so that --help never waits for them.
+if TYPE_CHECKING:
+    from model.distributed import DistContext
+
 # The params sections that decide what a model is: its card's digest covers them.
 CARD_SECTIONS = ("data", "frames", "faces", "flow", "model", "train")
+
+READS = (
+    "params `model` and `train` (`data`, `frames`, `faces`, `flow` go into the checkpoints and the model "
+    "card); data/raw/labels.csv, data/faces/, data/flow/"
+)
+WRITES = (
+    "data/model/best.pt, last.pt and card.json; reports/train/ (dvclive logs, summary.json); "
+    "reports/logs/train.log; with train.tensorboard / train.wandb, reports/tensorboard/ and reports/wandb/"
+)
 
 
 @dataclass(frozen=True)
@@ -60,7 +71,11 @@ class TrainPaths:
         return cls(**{k: str(section[k]) for k in TRAIN_PATHS if k in section})
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    cli.parse(cli.parser("stages.train", __doc__, READS, WRITES), argv)
+    from model import distributed
+    from model.training import resolve_device
+
     params = load_params()
     tcfg = TrainConfig.from_params(params["train"])
     paths = TrainPaths.from_params(params["train"])
@@ -71,8 +86,14 @@ def main() -> None:
         distributed.cleanup(ctx)
 
 
-def run(params: dict[str, Any], tcfg: TrainConfig, paths: TrainPaths, ctx: distributed.DistContext) -> None:
+def run(params: dict[str, Any], tcfg: TrainConfig, paths: TrainPaths, ctx: DistContext) -> None:
     """The stage in one process; under torchrun, one rank of it (rank 0 writes every output)."""
+    import torch
+
+    from model import tracking
+    from model.data import ClipDataset, make_loader
+    from model.training import RunConfigs, resolve_device, seed_everything, train
+
     if ctx.is_main:
         log = setup_logging("train")
     else:
@@ -160,4 +181,4 @@ def run(params: dict[str, Any], tcfg: TrainConfig, paths: TrainPaths, ctx: distr
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

@@ -15,16 +15,20 @@ internet, and the published weights do not change.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
+import sys
 from pathlib import Path
 from typing import Any
 
 from model.atomic import atomic_path
 from model.config import DYNAMIC_BACKBONES, STATIC_BACKBONES
+from stages import cli
 
 DYNAMIC_PRETRAINED = tuple(b for b in DYNAMIC_BACKBONES if b != "light3d")  # light3d has no published weights
 HEAD = "fc."  # the classifier of torchvision's ResNets and video ResNets
+
+READS = "torchvision's published weights, downloaded once into torch's hub cache (needs the internet)"
+WRITES = "<out-dir>/<model>_<weights>.pt (static) and <out-dir>/<model>_<weights>_flow.pt (dynamic)"
 
 
 def fetch(name: str) -> tuple[str, str, dict[str, Any]]:
@@ -79,9 +83,7 @@ def make_dynamic(name: str, out_dir: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = cli.parser("stages.weights", __doc__, READS, WRITES)
     parser.add_argument("--out-dir", type=Path, default=Path("data/weights"), help="where the files go")
     parser.add_argument(
         "--static",
@@ -95,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         choices=(*DYNAMIC_PRETRAINED, "none"),
         help="Kinetics-400 video ResNet, converted to the flow stem (none: skip)",
     )
-    args = parser.parse_args(argv)
+    args = cli.parse(parser, argv)
     if args.static != "none":
         make_static(args.static, args.out_dir)
     if args.dynamic != "none":
@@ -104,4 +106,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(main(sys.argv[1:]))

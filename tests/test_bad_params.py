@@ -119,7 +119,7 @@ def test_a_stage_whose_every_clip_fails_alike_exits_non_zero(tmp_path: Path, mon
     def broken(*args, **kwargs):
         raise RuntimeError("decoder library missing")
 
-    monkeypatch.setattr(extract_frames, "FrameSampler", broken)
+    monkeypatch.setattr("stages.preprocess.video.FrameSampler", broken)  # extract_frames imports it per clip
     with pytest.raises(SystemExit, match=r"every clip failed with the same error.*decoder library missing"):
         extract_frames.main()
     assert (tmp_path / "reports/data/frames/0.json").exists()  # the report still says what happened

@@ -16,8 +16,8 @@ from model.records import Clip
 from stages.common import (
     ClipResult,
     Shards,
+    check_shard,
     clip_file,
-    parse_shard,
     prepare_outputs,
     remove_stale_shards,
     run_clips,
@@ -73,9 +73,9 @@ def test_shards_from_params_need_ids_zero_to_n_minus_one() -> None:
         Shards.from_params({"ids": 4})  # a count where the list belongs
     with pytest.raises(ValueError, match=r"shards\.workers: -1"):
         Shards.from_params({"workers": -1})
-    assert parse_shard(["--shard", "2"], shards) == 2 and parse_shard(None, shards) == 0
-    with pytest.raises(SystemExit):
-        parse_shard(["--shard", "3"], shards)
+    assert check_shard("align_faces", 2, shards) == 2
+    with pytest.raises(SystemExit, match=r"align_faces: --shard 3 is not one of shards\.ids \[0, 1, 2\]"):
+        check_shard("align_faces", 3, shards)
     assert shard_report("reports/data/faces.json", 1) == Path("reports/data/faces/1.json")
 
 

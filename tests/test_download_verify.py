@@ -148,7 +148,9 @@ def fake_generator(calls: list) -> types.ModuleType:
             factors[f"oracle_{trait}"] = 0.5
         return labels, factors
 
-    return types.SimpleNamespace(generate_dataset=generate_dataset)
+    from stages.sources.synthetic import SyntheticConfig  # the params check stays the real one
+
+    return types.SimpleNamespace(generate_dataset=generate_dataset, SyntheticConfig=SyntheticConfig)
 
 
 def test_main_synthetic_writes_labels_factors_and_report(tmp_path, monkeypatch):

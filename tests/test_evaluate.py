@@ -17,20 +17,21 @@ from model.records import LABEL_COLUMNS, TRAITS
 from model.training import RunConfigs, load_checkpoint, save_checkpoint
 from stages import evaluate
 from stages.common import load_params
+from stages.report.scores import label_matrix, metrics_json, predictions_frame, score_all
 
 FACE, FLOW, K = 32, 16, 2
 
 
 def test_label_matrix_follows_clip_order_and_prefix():
     table = pd.DataFrame({"clip": ["a", "b"], "oracle_x": [0.1, 0.2], "x": [0.5, 0.6]})
-    np.testing.assert_allclose(evaluate.label_matrix(table, ["b", "a"], ("x",), "oracle_"), [[0.2], [0.1]])
-    assert np.isnan(evaluate.label_matrix(table, ["c"], ("x",))).all()
+    np.testing.assert_allclose(label_matrix(table, ["b", "a"], ("x",), "oracle_"), [[0.2], [0.1]])
+    assert np.isnan(label_matrix(table, ["c"], ("x",))).all()
 
 
 def test_predictions_frame_columns_and_errors():
     truth = np.array([[0.5] * len(TRAITS), [0.2] * len(TRAITS)])
     pred = np.array([[0.4] * len(TRAITS), [0.5] * len(TRAITS)])
-    frame = evaluate.predictions_frame(["a", "b"], TRAITS, truth, pred)
+    frame = predictions_frame(["a", "b"], TRAITS, truth, pred)
     assert list(frame.columns[:4]) == ["clip", "openness_true", "openness_pred", "openness_abs_err"]
     assert frame.shape == (2, 1 + 3 * len(TRAITS))
     np.testing.assert_allclose(frame["neuroticism_abs_err"], [0.1, 0.3])
@@ -42,16 +43,16 @@ def test_score_all_with_and_without_oracle_and_interview():
     pred = np.clip(truth + rng.normal(0, 0.1, truth.shape), 0, 1)
     train = rng.uniform(0, 1, (100, len(LABEL_COLUMNS)))
     cfg = evaluate.EvalConfig(n_resamples=100).bootstrap
-    r = evaluate.score_all(truth, pred, train, truth, LABEL_COLUMNS, cfg)
+    r = score_all(truth, pred, train, truth, LABEL_COLUMNS, cfg)
     assert r.model["interview"]["1-mae"] == pytest.approx(1 - np.abs(truth[:, -1] - pred[:, -1]).mean())
     five = 1 - np.abs(truth[:, :5] - pred[:, :5]).mean(axis=0)
     assert r.model["mean"]["1-mae"] == pytest.approx(five.mean())  # interview is not in the mean
     assert r.oracle["mean"]["1-mae"] == pytest.approx(1.0)
     assert 0 < r.gap_closed["mean"] < 1 and r.gap_closed["mean_lo"] <= r.gap_closed["mean"]
     assert set(r.gap_closed) >= {f"{t}{s}" for t in TRAITS for s in ("", "_lo", "_hi")}
-    no_oracle = evaluate.score_all(truth, pred, train, np.full_like(truth, np.nan), LABEL_COLUMNS, cfg)
+    no_oracle = score_all(truth, pred, train, np.full_like(truth, np.nan), LABEL_COLUMNS, cfg)
     assert no_oracle.oracle is None and no_oracle.gap_closed is None
-    layout = evaluate.metrics_json({"test": no_oracle})
+    layout = metrics_json({"test": no_oracle})
     assert set(layout) == {"test", "baseline"}
 
 

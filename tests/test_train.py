@@ -31,10 +31,12 @@ from model.training import (
     init_weights_from,
     load_checkpoint,
     make_loss,
+    make_optimizer,
     make_scheduler,
     read_checkpoint,
     save_checkpoint,
     train,
+    train_one_epoch,
 )
 from stages.common import save_npz
 
@@ -102,7 +104,9 @@ def loaders(root: Path, cfg: DataConfig) -> tuple:
     return tuple(out)
 
 
-def test_train_writes_checkpoints_history_and_dvclive_logs(dataset_dir: Path, tmp_path: Path) -> None:
+def test_train_writes_checkpoints_history_and_dvclive_logs(
+    dataset_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     torch.manual_seed(0)
     configs = run_configs()
     train_loader, val_loader = loaders(dataset_dir, configs.data)
@@ -113,6 +117,9 @@ def test_train_writes_checkpoints_history_and_dvclive_logs(dataset_dir: Path, tm
         card = make_card("synthetic", {"train": 8, "val": 4, "test": 0}, "digest")
         result = train(configs, train_loader, val_loader, out, live, card=card)
     assert result.epochs_run == 2 and len(result.history) == 2
+    # a progress bar over each epoch's batches (8 training clips in batches of 4) on stderr
+    bars = capsys.readouterr().err
+    assert "epoch 1/2" in bars and "epoch 2/2" in bars and "0/2 [" in bars and "batch" in bars
     # every checkpoint carries the card, with the validation scores of the best epoch
     best = read_checkpoint(out / "best.pt")["card"]
     assert best == result.card and best["data_source"] == "synthetic" and best["clips"]["train"] == 8
@@ -165,6 +172,32 @@ def test_init_from_loads_matching_weights(dataset_dir: Path, tmp_path: Path) -> 
     assert torch.equal(mine["static.backbone.conv1.weight"], theirs["static.backbone.conv1.weight"])
     assert torch.equal(mine["dynamic.proj.weight"], theirs["dynamic.proj.weight"])
     assert mine["head.4.weight"].shape[0] == len(LABEL_COLUMNS)  # mismatched shapes stay as built
+
+
+def test_the_batch_bar_shows_only_where_it_is_named(
+    dataset_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """train() names it on rank 0 only: the other ranks of a DDP run pass None and print nothing."""
+    configs = run_configs()
+    train_loader, _ = loaders(dataset_dir, configs.data)
+    model = build_model(configs.model)
+    optimizer = make_optimizer(model, configs.train)
+    scheduler = make_scheduler(optimizer, configs.train, len(train_loader))
+    scaler = torch.amp.GradScaler("cuda", enabled=False)
+    args = (
+        model,
+        train_loader,
+        optimizer,
+        scheduler,
+        make_loss("mse"),
+        scaler,
+        torch.device("cpu"),
+        configs.train,
+    )
+    train_one_epoch(*args, None)
+    assert capsys.readouterr().err == ""
+    train_one_epoch(*args, "epoch 3/35")
+    assert "epoch 3/35:   0%|" in capsys.readouterr().err
 
 
 def test_losses_and_cosine_warmup_schedule() -> None:

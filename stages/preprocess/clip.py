@@ -29,7 +29,7 @@ from stages.preprocess.faces import (
 )
 from stages.preprocess.fast_faces import StreamAligner
 from stages.preprocess.flow import clip_flow, estimator_from
-from stages.preprocess.records import Flow, Frames
+from stages.preprocess.records import FastConfig, Flow, Frames
 from stages.preprocess.storage import decode_frames, encode_frames
 from stages.preprocess.video import SampledStream, check_counts, check_frames, prefetch, sample_frames
 
@@ -46,26 +46,6 @@ FRAMES_DEFAULTS: dict[str, Any] = {
 }
 # --fast plans its detections on the clip length its container declares; without one, on this (FI V2 clips are ~15 s).
 DEFAULT_SECONDS = 15.0
-
-
-@dataclass(frozen=True)
-class FastConfig:
-    """What `--fast` changes from the pipeline's preprocessing, and nothing else.
-
-    Frames are decoded with PyAV in a background thread, skipping frames per `skip`
-    (stages/preprocess/video.py: a sample may move by a frame with nonref, up to three with bidir) and,
-    unless `deblock`, the deblocking filter, and are not round-tripped through the storage codec.
-    They are aligned as they arrive (stages/preprocess/fast_faces.py, StreamAligner): MTCNN on `detections`
-    evenly spaced frames, plus up to `max_detections` in all where the landmarks' Lucas-Kanade
-    tracks between two sightings part by more than `tolerance` face sides. Flow and the network
-    are unchanged.
-    """
-
-    detections: int = 8
-    max_detections: int = 16
-    tolerance: float = 0.1
-    skip: str = "bidir"  # none | nonref | bidir
-    deblock: bool = False
 
 
 @dataclass

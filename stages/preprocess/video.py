@@ -34,7 +34,7 @@ import cv2
 import numpy as np
 
 from stages.common import SkipClip
-from stages.preprocess.records import Frames
+from stages.preprocess.records import SKIP, Frames
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -186,9 +186,6 @@ def check_counts(sampled: int, decoded: int, expected: int, min_frames: int, min
 
 
 # ---------------------------------------------------------------- streamed decoding (PyAV)
-
-# Our names for FFmpeg's skip_frame (AVDiscard) settings.
-SKIP = {"none": "DEFAULT", "nonref": "NONREF", "bidir": "BIDIR"}
 
 
 class SampledStream:

@@ -12,6 +12,7 @@ reports/evaluate.json (clips left out and why, timings).
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ import numpy as np
 
 from model.card import with_scores
 from model.config import DataConfig, from_section, require
-from model.records import Clip, video_id
+from model.records import Clip
 from stages import cli
 from stages.common import (
     atomic_path,
@@ -80,6 +81,7 @@ class EvalConfig:
     attention: str = "reports/attention/test.npz"
     embeddings: str = "reports/embeddings/test.npz"
     report: str = "reports/evaluate.json"
+    ceiling: str = "reports/ceiling.json"  # stage ceiling: the ideal observer's 1-MAE (synthetic data)
     card: str = "reports/model_card.json"
 
     @classmethod
@@ -109,28 +111,6 @@ def split_dataset(
     dataset = ClipDataset(sources, labels, data_cfg, train=False)
     left_out.update(dataset.preload())
     return dataset, left_out
-
-
-def identities(labels: pd.DataFrame, factors: pd.DataFrame | None) -> dict[str, str]:
-    """Clip -> the person in it: the synthetic generator's face_id where factors.csv has one, else
-    the FI V2 YouTube video the clip was cut from (most videos show one speaker)."""
-    found = {c: video_id(c) for c in labels["clip"]}
-    if factors is not None and "face_id" in factors.columns:
-        found |= {c: f"face{int(f)}" for c, f in zip(factors["clip"], factors["face_id"], strict=True)}
-    return found
-
-
-def unseen_identity_mask(clips: list[str], labels: pd.DataFrame, factors: pd.DataFrame | None) -> np.ndarray:
-    """Which of these clips show a person with no clip in the training split."""
-    who = identities(labels, factors)
-    seen = {who[c] for c in labels.loc[labels["split"] == "train", "clip"]}
-    return np.array([who[c] not in seen for c in clips], dtype=bool)
-
-
-def card_scores(scores: dict[str, Any]) -> dict[str, float]:
-    """A split's 1-MAE and R² per output and for the mean, named as the card's validation scores are."""
-    blocks = {name: block for name, block in scores.items() if isinstance(block, dict)}  # not n_clips
-    return {f"{m}/{name}": block[m] for name, block in blocks.items() for m in ("1-mae", "r2") if m in block}
 
 
 def run_split(
@@ -212,7 +192,17 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     from model.training import load_checkpoint, resolve_device
-    from stages.report.scores import factor_readouts, label_matrix, metrics_json, predictions_frame, score_all
+    from stages.report.scores import (
+        card_scores,
+        factor_readouts,
+        label_matrix,
+        metrics_json,
+        oracle_r2,
+        predictions_frame,
+        reachable_gap,
+        score_all,
+        unseen_identity_mask,
+    )
 
     log = setup_logging("evaluate")
     start = time.perf_counter()
@@ -229,6 +219,7 @@ def main(argv: list[str] | None = None) -> None:
 
     results: dict[str, SplitResult] = {}
     readouts: dict[str, dict[str, dict[str, float]]] = {}
+    against_oracle: dict[str, dict[str, float]] = {}
     report: dict[str, Any] = {
         "checkpoint": cfg.checkpoint,
         "epoch": state.get("epoch"),
@@ -260,6 +251,8 @@ def main(argv: list[str] | None = None) -> None:
                     None if oracle is None else oracle[unseen], columns, cfg.bootstrap,
                 )  # fmt: skip
             log.info("test: %d of %d clips show a person with no clip in training", unseen.sum(), len(unseen))
+        if oracle is not None:
+            against_oracle[split] = oracle_r2(oracle, inference.pred, columns)
         if raw_factors is not None:  # the known-answer data: which latent factors the scores carry
             readouts[split] = factor_readouts(inference.pred, raw_factors, inference.clips, seed=cfg.seed)
         if split == ATTENTION_SPLIT:
@@ -275,6 +268,12 @@ def main(argv: list[str] | None = None) -> None:
     scores = metrics_json(results)
     if any(readouts.values()):
         scores["factors"] = readouts
+    if against_oracle:
+        scores["r2_oracle"] = against_oracle
+    ceiling = json.loads(Path(cfg.ceiling).read_text()) if Path(cfg.ceiling).is_file() else {}
+    if "test" in ceiling and "oracle" in scores:  # the known-answer data: how much of what is reachable
+        scores["ceiling"] = {s: ceiling[s] for s in ("val", "test") if s in ceiling}
+        scores["reachable_gap"] = reachable_gap(scores, ceiling)
     write_json(cfg.scores, scores)
     write_json(cfg.metrics, headline(scores))
     card = state.get("card") or {}

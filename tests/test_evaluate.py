@@ -140,7 +140,7 @@ def tiny_run(tmp_path, monkeypatch):
 def test_evaluate_run_writes_metrics_predictions_and_dumps(tiny_run):
     evaluate.main()
     m = json.loads((tiny_run / "reports" / "scores.json").read_text())
-    assert set(m) == {"val", "test", "test_unseen_identity", "baseline", "oracle", "gap_closed"}
+    assert set(m) == {"val", "test", "test_unseen_identity", "baseline", "oracle", "gap_closed", "r2_oracle"}
     gap = m["gap_closed"]
     assert json.loads((tiny_run / "reports" / "metrics.json").read_text()) == {  # DVC's: the headline only
         "test": {
@@ -305,3 +305,22 @@ def test_factor_readouts_find_what_the_predictions_carry_and_nothing_else():
     assert out["s_tint"]["r"] > 0.99 and out["s_tint"]["r2"] > 0.98
     assert abs(out["d_blink"]["r"]) < 0.2 and out["d_blink"]["r2"] < 0.02
     assert factor_readouts(pred[:3], factors, clips[:3]) == {}  # too few clips to cross-validate
+
+
+def test_the_ceiling_gives_the_share_of_the_reachable_gap(tiny_run):
+    ceiling = {split: dict.fromkeys([*TRAITS, "interview", "mean"], 0.99) for split in ("val", "test")}
+    (tiny_run / "reports").mkdir(exist_ok=True)
+    (tiny_run / "reports" / "ceiling.json").write_text(json.dumps(ceiling))
+    evaluate.main()
+    scores = json.loads((tiny_run / "reports" / "scores.json").read_text())
+    model, base = scores["test"]["mean"]["1-mae"], scores["baseline"]["test"]["mean"]["1-mae"]
+    assert scores["reachable_gap"]["test"]["mean"] == pytest.approx((model - base) / (0.99 - base))
+    assert scores["ceiling"]["test"]["mean"] == 0.99
+    headline = json.loads((tiny_run / "reports" / "metrics.json").read_text())
+    assert headline["test"]["reach"] == pytest.approx(scores["reachable_gap"]["test"]["mean"])
+    # R² against the oracle's noise-free labels, from the predictions written beside them
+    test = pd.read_csv(tiny_run / "reports" / "predictions" / "test.csv")
+    factors = pd.read_csv(tiny_run / "data" / "factors.csv").set_index("clip").loc[test["clip"]]
+    oracle, pred = factors["oracle_openness"].to_numpy(), test["openness_pred"].to_numpy()
+    r2 = 1 - ((oracle - pred) ** 2).sum() / ((oracle - oracle.mean()) ** 2).sum()
+    assert scores["r2_oracle"]["test"]["openness"] == pytest.approx(r2, rel=1e-4)

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from model import metrics
-from model.records import TRAITS
+from model.records import TRAITS, video_id
 
 
 def label_matrix(
@@ -132,7 +132,33 @@ def headline(scores: dict[str, Any]) -> dict[str, Any]:
         gap = scores.get("gap_closed", {}).get(split)
         if gap is not None:
             out[name]["gap"] = gap["mean"]
+        reach = scores.get("reachable_gap", {}).get(split)
+        if reach is not None and split == "test":
+            out[name]["reach"] = reach["mean"]
     return out
+
+
+def reachable_gap(scores: dict[str, Any], ceiling: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Per split and trait (and the mean over the five), the share of the baseline-to-ceiling gap in
+    1-MAE the model closes: 1 reaches what an ideal observer of the sampled frames could (stage ceiling)."""
+    out = {}
+    for split in ("val", "test"):
+        if split not in scores or split not in ceiling:
+            continue
+        model, base, top = scores[split], scores["baseline"][split], ceiling[split]
+        out[split] = {
+            name: (model[name]["1-mae"] - base[name]["1-mae"]) / (top[name] - base[name]["1-mae"])
+            for name in (*TRAITS, "mean")
+            if top[name] > base[name]["1-mae"]
+        }
+    return out
+
+
+def oracle_r2(oracle: np.ndarray, pred: np.ndarray, columns: tuple[str, ...]) -> dict[str, float]:
+    """R² of the predictions against the oracle's noise-free labels, per trait and their mean."""
+    t = [columns.index(c) for c in TRAITS]
+    r2 = metrics.r2(oracle[:, t], pred[:, t])
+    return {**dict(zip(TRAITS, map(float, r2), strict=True)), "mean": float(np.mean(r2))}
 
 
 # The synthetic generator's latent factors in factors.csv (s_tint, s_shade, d_mouth, d_blink, ...).
@@ -164,3 +190,28 @@ def factor_readouts(
         r2 = float(1 - ((y - fit) ** 2).sum() / ((y - y.mean()) ** 2).sum())
         out[name] = {"r": r, "r2": r2}
     return out
+
+
+# ---------------------------------------------------------------- people and the model card
+
+
+def identities(labels: pd.DataFrame, factors: pd.DataFrame | None) -> dict[str, str]:
+    """Clip -> the person in it: the synthetic generator's face_id where factors.csv has one, else
+    the FI V2 YouTube video the clip was cut from (most videos show one speaker)."""
+    found = {c: video_id(c) for c in labels["clip"]}
+    if factors is not None and "face_id" in factors.columns:
+        found |= {c: f"face{int(f)}" for c, f in zip(factors["clip"], factors["face_id"], strict=True)}
+    return found
+
+
+def unseen_identity_mask(clips: list[str], labels: pd.DataFrame, factors: pd.DataFrame | None) -> np.ndarray:
+    """Which of these clips show a person with no clip in the training split."""
+    who = identities(labels, factors)
+    seen = {who[c] for c in labels.loc[labels["split"] == "train", "clip"]}
+    return np.array([who[c] not in seen for c in clips], dtype=bool)
+
+
+def card_scores(scores: dict[str, Any]) -> dict[str, float]:
+    """A split's 1-MAE and R² per output and for the mean, named as the card's validation scores are."""
+    blocks = {name: block for name, block in scores.items() if isinstance(block, dict)}  # not n_clips
+    return {f"{m}/{name}": block[m] for name, block in blocks.items() for m in ("1-mae", "r2") if m in block}

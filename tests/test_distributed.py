@@ -122,7 +122,7 @@ def test_torchrun_stage_writes_one_set_of_outputs_shaped_as_one_process(
         assert done.returncode == 0, done.stderr[-3000:]
         runs[name] = work
     ddp = runs["ddp"]
-    assert sorted(p.name for p in (ddp / "model").iterdir()) == ["best.pt", "last.pt"]
+    assert sorted(p.name for p in (ddp / "model").iterdir()) == ["best.pt", "card.json", "last.pt"]
     assert [p.name for p in (ddp / "reports" / "logs").iterdir()] == ["train.log"]
     summary = {n: json.loads((w / "live" / "summary.json").read_text()) for n, w in runs.items()}
     assert summary["ddp"].keys() == summary["single"].keys()

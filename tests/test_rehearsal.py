@@ -20,7 +20,7 @@ import yaml
 from model.records import video_id
 from stages.report.rehearsal import summarise
 from tests.conftest import ANNOTATIONS, REPO
-from tests.test_pipeline import copy_project, run
+from tests.test_pipeline import copy_project
 
 pytestmark = [pytest.mark.slow, pytest.mark.shared_data]
 CLIPS = 10
@@ -38,8 +38,12 @@ def rehearsal(tmp_path_factory: pytest.TempPathFactory) -> Path:
     overrides = yaml.safe_load((REPO / "configs" / "rehearsal.yaml").read_text())
     overrides["data"]["chalearn"] |= {"clips_dir": str(folder), "annotations_dir": str(ANNOTATIONS)}
     overrides["train"] |= {"epochs": 1}
+    overrides["evaluate"] |= {"n_resamples": 50, "attention_clips": 1}
+    overrides["analyze"] |= {"occlusion_cells": 2, "flow_clips": 1, "permutations": 2}
     root = copy_project(tmp_path_factory.mktemp("project"), overrides)
-    run(["dvc", "repro"], root)
+    env = os.environ | {"DVC_NO_ANALYTICS": "1", "PYTHONPATH": str(root)}
+    proc = subprocess.run(["dvc", "repro"], cwd=root, env=env, capture_output=True, text=True, timeout=1500)
+    assert proc.returncode == 0, f"dvc repro failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     return root
 
 

@@ -53,7 +53,10 @@ ORACLE_PREFIX = "oracle_"
 # The test clips of a person (a FI V2 YouTube video, a synthetic face) with no clip in training.
 UNSEEN = "test_unseen_identity"
 
-READS = "params `evaluate`; data/model/best.pt, data/raw/labels.csv and factors.csv, data/faces/, data/flow/"
+READS = (
+    "params `evaluate`; data/model/best.pt, data/raw/labels.csv and factors.csv, data/faces/, data/flow/, "
+    "reports/ceiling.json"
+)
 WRITES = (
     "reports/: scores.json and its headline metrics.json, predictions/<split>.csv, "
     "{embeddings,attention}/test.npz, model_card.json, evaluate.json"

@@ -149,7 +149,7 @@ def _variant(diff: float, p: float, significant: bool) -> dict:
 @pytest.mark.parametrize(
     ("diff", "significant", "says"),
     [
-        (0.0004, False, "Cross-attention was level with concat fusion"),
+        (0.0004, False, "Cross-attention showed no significant difference from concat fusion"),
         (0.01, True, "Cross-attention beat concat fusion"),
         (-0.01, True, "Concat fusion ($\\Delta$MAE $-0.0100$"),
     ],

@@ -432,7 +432,9 @@ def ablation_sentences(run: Run, full: str) -> dict[str, str]:
         if lost:
             parts.append(f"{join_words(lost)} beat {subject}")
         if level:
-            parts.append(f"{subject} was level with {join_words(level)}, the difference not significant")
+            parts.append(
+                f"{subject} showed no significant difference from {join_words(level)} (not an equivalence test)"
+            )
         text = "; ".join(parts) + "."
         return text[0].upper() + text[1:]
 
@@ -446,10 +448,17 @@ def ablation_sentences(run: Run, full: str) -> dict[str, str]:
             return f"a {others} variant significantly beats {subject}"
         if any(c["significant"] for c in cs):
             return f"{subject} significantly beats some {others} variants and is level with the others"
-        return f"{subject} is level with every {others} variant (no significant difference)"
+        return (
+            f"{subject} shows no significant difference from any {others} variant (not an equivalence test)"
+        )
 
     full_seeds = _get(variants, full, "seeds")
+    clips, ours = _get(variants, full, "clips"), _get(run.scores, "test", "n_clips")
+    lead = "In the ablations"
+    if clips is not None and ours is not None and clips != ours:
+        lead = f"In ablations collected under another protocol ({clips} test clips against this run's {ours})"
     return {
+        "AblationsLead": lead,
         "FusionShort": short(fusion, "cross-attention", "simpler-fusion"),
         "StreamShort": short(streams, "the fused model", "single-stream"),
         "FusionVerdict": verdict(

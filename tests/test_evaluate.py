@@ -305,6 +305,8 @@ def test_factor_readouts_find_what_the_predictions_carry_and_nothing_else():
     assert out["s_tint"]["r"] > 0.99 and out["s_tint"]["r2"] > 0.98
     assert abs(out["d_blink"]["r"]) < 0.2 and out["d_blink"]["r2"] < 0.02
     assert factor_readouts(pred[:3], factors, clips[:3]) == {}  # too few clips to cross-validate
+    real = pd.DataFrame({"clip": [], "split": []})  # FI V2's factors.csv: no latent factors, no rows
+    assert factor_readouts(pred, real, clips) == {}
 
 
 def test_the_ceiling_gives_the_share_of_the_reachable_gap(tiny_run):

@@ -177,10 +177,10 @@ def factor_readouts(
     from sklearn.linear_model import LinearRegression
     from sklearn.model_selection import KFold, cross_val_predict
 
-    table = factors.set_index("clip").loc[clips]
     names = [c for c in factors.columns if c.startswith(LATENT_PREFIXES)]
-    if len(clips) < max(folds, 3) or not names:
+    if len(clips) < max(folds, 3) or not names:  # too few clips, or real data: no latent factors
         return {}
+    table = factors.set_index("clip").loc[clips]
     cv = KFold(folds, shuffle=True, random_state=seed)
     out = {}
     for name in names:

@@ -22,7 +22,9 @@ from stages.report.rehearsal import summarise
 from tests.conftest import ANNOTATIONS, REPO
 from tests.test_pipeline import copy_project
 
-pytestmark = [pytest.mark.slow, pytest.mark.shared_data]
+# The whole rehearsal (about 8 minutes alone on 2 cores) runs in the module fixture: more than the
+# suite's 15-minute limit per test when the cores are shared.
+pytestmark = [pytest.mark.slow, pytest.mark.shared_data, pytest.mark.timeout(2400)]
 CLIPS = 10
 
 

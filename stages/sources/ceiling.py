@@ -21,13 +21,13 @@ import pandas as pd
 from scipy.special import ndtr
 
 from model.records import LABEL_COLUMNS, TRAITS
+from stages.preprocess.video import TIME_TOLERANCE_S  # extract-frames' own timestamp tolerance
 from stages.sources.synthetic import ClipSpec, SyntheticConfig, clip_motion, sample_design
 
 # Simulated clips the observer learns from, and the offset of their seed stream from the dataset's.
 SIMULATED_CLIPS = 3000
 SIMULATION_SEED = 1_000_003
 SPECTRUM_BINS = 16  # low-frequency magnitudes of the sampled signals (zero-padded to 64 samples)
-TIME_TOLERANCE_S = 1e-6
 
 
 def sampled_indices(n_frames: int, video_fps: float, sample_fps: float) -> np.ndarray:

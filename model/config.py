@@ -19,6 +19,7 @@ OUTPUTS = {"traits": TRAITS, "traits_interview": LABEL_COLUMNS}
 STREAMS = ("both", "static", "dynamic")
 FUSION_TYPES = ("cross_attention", "concat", "add")
 DIRECTIONS = ("static_to_dynamic", "dynamic_to_static", "bidirectional")
+TOKEN_LAYERS = ("layer4", "layer3")  # the static stream's token map: stride 32 or 16
 STATIC_BACKBONES = ("resnet18", "resnet34", "resnet50")
 DYNAMIC_BACKBONES = ("light3d", "r3d_18", "r2plus1d_18")
 LOSSES = ("mse", "l1", "smooth_l1")
@@ -148,8 +149,9 @@ class StaticConfig:
     """The 2D CNN on K sampled face frames."""
 
     backbone: str = "resnet18"
-    frames: int = 2  # K face frames per clip
+    frames: int = 1  # K face frames per clip
     input_size: int = 64  # faces are resized to this side before the CNN
+    token_layer: str = "layer3"  # the ResNet stage whose feature map gives the tokens: layer4 (stride 32) | layer3 (16)
     pretrained: str = "none"  # local torchvision state dict (python -m stages.weights); none: random init
     freeze: str = ""  # comma-separated parameter-name prefixes, or "upto:layer2"
 
@@ -180,7 +182,8 @@ class FusionConfig:
     norm: bool = True
     ff_mult: int = 2  # feed-forward hidden size = ff_mult * dim
     dropout: float = 0.1
-    shared_position: bool = False  # one learned 2D position embedding for face and flow tokens (same grid)
+    shared_position: bool = True  # one learned 2D position embedding for face and flow tokens (same grid)
+    shuffle_flow_positions: bool = False  # control: flow features permuted across cells per clip, every pass
 
 
 @dataclass
@@ -205,6 +208,7 @@ class ModelConfig:
         _check(self.streams, STREAMS, "model.streams")
         _check(self.outputs, tuple(OUTPUTS), "model.outputs")
         _check(self.static.backbone, STATIC_BACKBONES, "model.static.backbone")
+        _check(self.static.token_layer, TOKEN_LAYERS, "model.static.token_layer")
         _check(self.dynamic.backbone, DYNAMIC_BACKBONES, "model.dynamic.backbone")
         _check(self.fusion.type, FUSION_TYPES, "model.fusion.type")
         _check(self.fusion.direction, DIRECTIONS, "model.fusion.direction")
@@ -342,7 +346,7 @@ class TrainConfig:
     deterministic: bool = False
     device: str = "auto"  # auto | cpu | cuda
     threads: int = 0  # torch intra-op threads on CPU; 0: the number of cores
-    epochs: int = 35
+    epochs: int = 8
     batch_size: int = 16
     workers: int = 0
     cache: bool = True

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from model.data import ClipDataset
 from model.network import DualStreamNet, ModelOutput
 
 
@@ -111,3 +112,38 @@ def clip_dumps(out: ModelOutput, clips: list[str]) -> list[ClipDump]:
             )
         )
     return result
+
+
+def attention_arrays(inference: Inference, dataset: ClipDataset) -> dict[str, np.ndarray]:
+    """The attention dump of the first clips (those run with attention), with the face frames the network saw.
+
+    Attention arrays are zero-padded along the dynamic-token axis to the longest clip;
+    `dynamic_tokens` [N] and `dynamic_grid` [N, 3] (T', h, w) say how many tokens are real.
+    `faces` is uint8 [N, K, S, S, 3] RGB, the K sampled frames at the network's input size.
+    """
+    dumps = inference.dumps or []
+    n = len(dumps)
+    size, k = dataset.cfg.static_size, dataset.cfg.static_frames
+    faces = [dataset[i].faces.permute(0, 2, 3, 1) for i in range(n)]  # items hold uint8 (K, 3, S, S)
+    out: dict[str, np.ndarray] = {
+        "clips": np.array(inference.clips[:n]),
+        "pred": inference.pred[:n],
+        "faces": np.stack([f.numpy() for f in faces]) if faces else np.zeros((0, k, size, size, 3), np.uint8),
+    }
+    if not dumps:
+        return out
+    n_dyn = np.array([0 if d.dynamic_grid is None else int(np.prod(d.dynamic_grid)) for d in dumps])
+    out["dynamic_tokens"] = n_dyn
+    out["dynamic_grid"] = np.array([d.dynamic_grid or (0, 0, 0) for d in dumps], dtype=np.int64)
+    if dumps[0].static_grid is not None:
+        out["static_grid"] = np.array(dumps[0].static_grid, dtype=np.int64)
+    for key in dumps[0].attention:
+        axis = -1 if key == "static_to_dynamic" else -2  # the dynamic-token axis
+        out[key] = np.stack([_pad_to(d.attention[key], int(n_dyn.max()), axis) for d in dumps])
+    return out
+
+
+def _pad_to(a: np.ndarray, size: int, axis: int) -> np.ndarray:
+    pad = [(0, 0)] * a.ndim
+    pad[axis] = (0, size - a.shape[axis])
+    return np.pad(a, pad)

@@ -134,8 +134,16 @@ class StaticStream(nn.Module):
         for name, param in self.backbone.named_parameters():
             if any(name.startswith(p) for p in self.frozen):
                 param.requires_grad_(False)
-        channels = self.backbone.layer4[-1].conv1.in_channels
-        h = w = math.ceil(cfg.input_size / 32)
+        # Tokens from layer4 (stride 32), or from layer3 (stride 16: a 4x4 grid from 64-px faces at a
+        # quarter of the cost of 128 px; layer4 is then dropped, its weights unused).
+        self.token_layer = cfg.token_layer
+        if self.token_layer == "layer3":
+            self.backbone.layer4 = nn.Identity()
+            channels = self.backbone.layer3[-1].conv1.in_channels
+        else:
+            channels = self.backbone.layer4[-1].conv1.in_channels
+        stride = 16 if self.token_layer == "layer3" else 32
+        h = w = math.ceil(cfg.input_size / stride)
         self.grid = (cfg.frames, h, w)
         self.proj = nn.Linear(channels, dim)
         self.frame_emb = nn.Parameter(torch.zeros(cfg.frames, 1, dim))
@@ -154,7 +162,7 @@ class StaticStream(nn.Module):
     def features(self, x: Tensor) -> Tensor:
         b = self.backbone
         x = b.maxpool(b.relu(b.bn1(b.conv1(x))))
-        return b.layer4(b.layer3(b.layer2(b.layer1(x))))
+        return b.layer4(b.layer3(b.layer2(b.layer1(x))))  # layer4 is the identity with token_layer layer3
 
     def forward(self, faces: Tensor) -> Tensor:
         bsz, k = faces.shape[:2]
@@ -305,6 +313,7 @@ class DynamicStream(nn.Module):
             )
         self.backbone.train()
         self.subtract_mean = cfg.subtract_mean
+        self.shuffle_positions = False  # the control of model.fusion.shuffle_flow_positions
         h, w = probe.shape[-2:]
         self.spatial = (h, w)
         self.pos_emb = nn.Parameter(torch.zeros(1, 1, h * w, dim))
@@ -320,6 +329,12 @@ class DynamicStream(nn.Module):
         fmap, lengths = self.backbone(x, lengths)  # (B, C, T', h, w)
         bsz, _, t, h, w = fmap.shape
         tokens = self.proj(fmap.flatten(3).permute(0, 2, 3, 1))  # (B, T', h*w, D)
+        if self.shuffle_positions:
+            # The control: each clip's flow features change places (one permutation of the h*w
+            # cells per clip, the same at every time step) before the position embedding, so a
+            # token's place says nothing about where in the face its motion was.
+            order = torch.argsort(torch.rand(bsz, h * w, device=tokens.device), dim=1)
+            tokens = torch.gather(tokens, 2, order[:, None, :, None].expand_as(tokens))
         pos = self.pos_emb.reshape(1, 1, h * w, -1)  # its own, or the face stream's when shared
         tokens = tokens + pos + sinusoid(t, tokens.shape[-1], tokens.device)[None, :, None]
         valid = torch.arange(t, device=flow.device)[None, :] < lengths[:, None]  # (B, T')
@@ -430,6 +445,8 @@ class DualStreamNet(nn.Module):
         )
         if both and cfg.fusion.shared_position:
             self._share_position(cfg)
+        if self.dynamic is not None:
+            self.dynamic.shuffle_positions = cfg.fusion.shuffle_flow_positions
         head_in = 2 * dim if both and cfg.fusion.type != "add" else dim
         self.head = nn.Sequential(
             nn.LayerNorm(head_in),

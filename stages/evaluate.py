@@ -7,7 +7,9 @@ with no clip in training; on the synthetic data, which latent factors the predic
 cross-validated read-outs) and its headline reports/metrics.json (DVC's metric), every clip's
 prediction in reports/predictions/<split>.csv, the test clips' embeddings, the attention of the
 first test clips, the model card with the test scores (reports/model_card.json) and
-reports/evaluate.json (clips left out and why, timings).
+reports/evaluate.json (clips left out and why, timings). On synthetic data with the binding factor,
+the per-clip attention and deletion checks of stages/report/binding.py go to
+reports/binding/test.csv and their summary to scores.json's `binding`.
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ READS = (
 )
 WRITES = (
     "reports/: scores.json and its headline metrics.json, predictions/<split>.csv, "
-    "{embeddings,attention}/test.npz, model_card.json, evaluate.json"
+    "{embeddings,attention}/test.npz, model_card.json, evaluate.json, binding/test.csv"
 )
 
 
@@ -86,6 +88,7 @@ class EvalConfig:
     report: str = "reports/evaluate.json"
     ceiling: str = "reports/ceiling.json"  # stage ceiling: the ideal observer's 1-MAE (synthetic data)
     card: str = "reports/model_card.json"
+    binding: str = "reports/binding/test.csv"  # per-clip attention and deletion checks of the binding factor
 
     @classmethod
     def from_params(cls, d: dict[str, Any]) -> EvalConfig:
@@ -133,41 +136,6 @@ def run_split(
     return explained + predict(model, make_loader(tail, cfg.batch_size, False, 0, 0), device)
 
 
-def attention_arrays(inference: Inference, dataset: ClipDataset) -> dict[str, np.ndarray]:
-    """The attention dump of the first clips (those run with attention), with the face frames the network saw.
-
-    Attention arrays are zero-padded along the dynamic-token axis to the longest clip;
-    `dynamic_tokens` [N] and `dynamic_grid` [N, 3] (T', h, w) say how many tokens are real.
-    `faces` is uint8 [N, K, S, S, 3] RGB, the K sampled frames at the network's input size.
-    """
-    dumps = inference.dumps or []
-    n = len(dumps)
-    size, k = dataset.cfg.static_size, dataset.cfg.static_frames
-    faces = [dataset[i].faces.permute(0, 2, 3, 1) for i in range(n)]  # items hold uint8 (K, 3, S, S)
-    out: dict[str, np.ndarray] = {
-        "clips": np.array(inference.clips[:n]),
-        "pred": inference.pred[:n],
-        "faces": np.stack([f.numpy() for f in faces]) if faces else np.zeros((0, k, size, size, 3), np.uint8),
-    }
-    if not dumps:
-        return out
-    n_dyn = np.array([0 if d.dynamic_grid is None else int(np.prod(d.dynamic_grid)) for d in dumps])
-    out["dynamic_tokens"] = n_dyn
-    out["dynamic_grid"] = np.array([d.dynamic_grid or (0, 0, 0) for d in dumps], dtype=np.int64)
-    if dumps[0].static_grid is not None:
-        out["static_grid"] = np.array(dumps[0].static_grid, dtype=np.int64)
-    for key in dumps[0].attention:
-        axis = -1 if key == "static_to_dynamic" else -2  # the dynamic-token axis
-        out[key] = np.stack([_pad_to(d.attention[key], int(n_dyn.max()), axis) for d in dumps])
-    return out
-
-
-def _pad_to(a: np.ndarray, size: int, axis: int) -> np.ndarray:
-    pad = [(0, 0)] * a.ndim
-    pad[axis] = (0, size - a.shape[axis])
-    return np.pad(a, pad)
-
-
 def write_test_dumps(
     inference: Inference,
     dump: dict[str, np.ndarray],
@@ -194,7 +162,9 @@ def main(argv: list[str] | None = None) -> None:
     cli.parse(cli.parser("stages.evaluate", __doc__, READS, WRITES), argv)
     import torch
 
+    from model.inference import attention_arrays
     from model.training import load_checkpoint, resolve_device
+    from stages.report.binding import check_binding
     from stages.report.scores import (
         card_scores,
         factor_readouts,
@@ -220,6 +190,7 @@ def main(argv: list[str] | None = None) -> None:
         factors = None  # real data: factors.csv holds only clip and split, there is no oracle
     train_truth = labels.loc[labels["split"] == "train", list(columns)].to_numpy(np.float64)
 
+    binding: dict[str, Any] = {}
     results: dict[str, SplitResult] = {}
     readouts: dict[str, dict[str, dict[str, float]]] = {}
     against_oracle: dict[str, dict[str, float]] = {}
@@ -260,12 +231,19 @@ def main(argv: list[str] | None = None) -> None:
             readouts[split] = factor_readouts(inference.pred, raw_factors, inference.clips, seed=cfg.seed)
         if split == ATTENTION_SPLIT:
             write_test_dumps(inference, attention_arrays(inference, dataset), truth, columns, cfg)
+            margin = float(
+                load_params().get("faces", {}).get("margin", 0.0)
+            )  # where align-faces put the sites
+            binding = check_binding(
+                model, dataset, raw_factors, columns, device, margin, cfg.bootstrap, cfg.binding
+            )
 
     Path(cfg.predictions_dir).mkdir(parents=True, exist_ok=True)
     if ATTENTION_SPLIT not in results:  # the declared dumps exist even when the split could not be scored
         reason = np.array(f"{ATTENTION_SPLIT}: too few usable clips to score")
         save_npz(cfg.attention, skipped=reason)
         save_npz(cfg.embeddings, skipped=reason)
+        check_binding(model, None, None, columns, device, 0.0, cfg.bootstrap, cfg.binding)  # its header alone
     from stages.report.scores import headline  # what `dvc metrics show` prints of the scores
 
     scores = metrics_json(results)
@@ -273,6 +251,8 @@ def main(argv: list[str] | None = None) -> None:
         scores["factors"] = readouts
     if against_oracle:
         scores["r2_oracle"] = against_oracle
+    if binding:
+        scores["binding"] = binding
     ceiling = json.loads(Path(cfg.ceiling).read_text()) if Path(cfg.ceiling).is_file() else {}
     if "test" in ceiling and "oracle" in scores:  # the known-answer data: how much of what is reachable
         scores["ceiling"] = {s: ceiling[s] for s in ("val", "test") if s in ceiling}

@@ -58,6 +58,7 @@ class PlotConfig:
     importance: str = "reports/importance.json"  # analyze's
     samples: str = "reports/analysis/samples.npz"  # analyze's
     ablations_dir: str = "reports/ablations"
+    binding: str = "reports/binding/test.csv"  # evaluate's per-clip binding checks
     published: str = "paper/published.csv"  # the published figures the comparison table carries
     report_md: str = "reports/report.md"
     report: str = "reports/plot.json"

@@ -61,14 +61,24 @@ def test_table_separates_a_worse_variant_from_an_identical_one(runs):
     assert list(table["variant"]) == ["full", "noise", "same", "worse"]
     v = summary["variants"]
     worse, same, noise = v["worse"]["vs_full"], v["same"]["vs_full"], v["noise"]["vs_full"]
-    assert worse["p_wilcoxon"] < 1e-6 and worse["significant"]
+    assert worse["p_wilcoxon"] < 1e-6 and worse["p_bootstrap"] < 0.01 and worse["significant"]
     assert worse["mae_diff"] > 0 and worse["mae_diff_lo"] > 0  # the variant errs more, CI excludes zero
     assert same["p_wilcoxon"] == 1.0 and not same["significant"] and same["mae_diff"] == 0.0
+    assert same["p_bootstrap"] == 1.0
     assert noise["clips"] == N_CLIPS - 5
     # Holm: adjusted p-values are monotone in the raw ones and never below them
-    raw = np.array([x["p_wilcoxon"] for x in (worse, same, noise)])
+    raw = np.array([x["p_bootstrap"] for x in (worse, same, noise)])
     adj = np.array([x["p_holm"] for x in (worse, same, noise)])
     assert (adj >= raw - 1e-15).all() and adj[0] == pytest.approx(min(1.0, 3 * raw[0]))
+    # The interval holds the seed-to-seed spread: wider than the seed-averaged paired interval.
+    errs = {
+        k: ablations.summarize_variant([r for r in ablations.read_runs(runs) if r.variant == k])
+        for k in ("full", "worse")
+    }
+    paired = ablations.metrics.compare_paired(
+        errs["worse"].errors.to_numpy(), errs["full"].errors.to_numpy(), BOOT
+    )
+    assert worse["mae_diff_hi"] - worse["mae_diff_lo"] > paired.high - paired.low
     assert v["full"]["seeds"] == 2 and "vs_full" not in v["full"]
     assert v["worse"]["1-mae"]["mean"] < v["full"]["1-mae"]["mean"]
     row = table.set_index("variant").loc["worse"]

@@ -12,6 +12,7 @@ import yaml
 
 from model.card import make_card, with_scores
 from model.config import DataConfig, ModelConfig, TrainConfig
+from model.inference import attention_arrays
 from model.network import build_model
 from model.records import LABEL_COLUMNS, TRAITS
 from model.training import RunConfigs, load_checkpoint, save_checkpoint
@@ -61,7 +62,7 @@ def test_score_all_with_and_without_oracle_and_interview():
 
 def _tiny_configs(**overrides) -> RunConfigs:
     """A network small enough for a test; `overrides` are top-level `model` params (streams, outputs, fusion)."""
-    fusion = {"dim": 16, "heads": 2, "ff_mult": 1, **overrides.pop("fusion", {})}
+    fusion = {"dim": 16, "heads": 2, "ff_mult": 1, "shared_position": False, **overrides.pop("fusion", {})}
     model = ModelConfig.from_params(
         {
             "static": {"frames": K, "input_size": FACE},
@@ -239,7 +240,7 @@ def test_attention_clips_get_the_same_outputs_as_the_rest(tiny_run, n_attention)
     assert len(dataset) == 3 and not left_out
     plain = evaluate.run_split(model, dataset, False, cfg, torch.device("cpu"))
     split = evaluate.run_split(model, dataset, True, cfg, torch.device("cpu"))
-    dump = evaluate.attention_arrays(split, dataset)
+    dump = attention_arrays(split, dataset)
     assert not plain.dumps and split.clips == plain.clips
     np.testing.assert_allclose(split.pred, plain.pred, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(split.static_emb, plain.static_emb, rtol=1e-4, atol=1e-5)

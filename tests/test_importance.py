@@ -24,7 +24,7 @@ def tiny_model(streams: str) -> torch.nn.Module:
             "streams": streams,
             "static": {"frames": K, "input_size": FACE},
             "dynamic": {"input_size": FLOW, "channels": 4, "blocks": 1},
-            "fusion": {"dim": 16, "heads": 2, "ff_mult": 1},
+            "fusion": {"dim": 16, "heads": 2, "ff_mult": 1, "shared_position": False},
             "head_hidden": 8,
         }
     )

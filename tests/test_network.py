@@ -14,9 +14,9 @@ from model.records import LABEL_COLUMNS, TRAITS
 
 TINY = {
     "head_hidden": 16,
-    "static": {"frames": 2, "input_size": 64},
+    "static": {"frames": 2, "input_size": 64, "token_layer": "layer4"},
     "dynamic": {"input_size": 16, "channels": 4, "blocks": 2},
-    "fusion": {"dim": 16, "heads": 2},
+    "fusion": {"dim": 16, "heads": 2, "shared_position": False},
 }
 
 
@@ -254,3 +254,48 @@ def test_a_shared_position_embedding_needs_the_same_grid() -> None:
     cfg.fusion.shared_position = True
     with pytest.raises(ConfigError, match=r"2x2 grid .*4x4"):
         build_model(cfg)
+
+
+def test_the_shuffled_position_control_moves_whole_cells_per_clip() -> None:
+    """model.fusion.shuffle_flow_positions: each clip's flow features trade cells (the same
+    permutation at every time step) before the position embedding; without it nothing moves."""
+    cfg = tiny_cfg(dynamic={"input_size": 56, "channels": 4, "blocks": 3})
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    _, flow, mask = inputs(cfg, [6, 6])
+    plain = model.dynamic(flow, mask)[0]
+    assert torch.equal(plain, model.dynamic(flow, mask)[0])  # off: deterministic
+    model.dynamic.shuffle_positions = True
+    pos = model.dynamic.pos_emb.reshape(1, 1, 16, -1)
+    t = plain.shape[1] // 16
+    time = torch.stack([model.dynamic(flow, mask)[0] for _ in range(2)]).reshape(2, 2, t, 16, -1)
+    content = time - pos  # the features without their place (the time embedding is the same per step)
+    base = plain.reshape(2, t, 16, -1) - pos
+    for run in content:
+        for clip in range(2):
+            # Every cell's features over time are some cell's features over time: a permutation of cells.
+            d = torch.cdist(run[clip].transpose(0, 1).flatten(1), base[clip].transpose(0, 1).flatten(1))
+            assert torch.allclose(d.min(dim=1).values, torch.zeros(16), atol=1e-4)
+            assert sorted(d.argmin(dim=1).tolist()) == list(range(16))
+    assert not torch.equal(content[0], content[1])  # a new permutation on every pass
+    built = build_model(
+        tiny_cfg(
+            dynamic={"input_size": 56, "channels": 4, "blocks": 3}, fusion={"shuffle_flow_positions": True}
+        )
+    )
+    assert built.dynamic.shuffle_positions
+
+
+def test_layer3_tokens_give_a_4x4_grid_from_64_px_faces() -> None:
+    over = {
+        "static": {"input_size": 64, "frames": 1, "token_layer": "layer3"},
+        "dynamic": {"input_size": 56, "channels": 4, "blocks": 3},
+    }
+    model = build_model(tiny_cfg(**over, fusion={"shared_position": True}))
+    assert model.static.grid == (1, 4, 4) and model.dynamic.spatial == (4, 4)
+    assert isinstance(model.static.backbone.layer4, torch.nn.Identity)
+    cfg = tiny_cfg(**over)
+    out = build_model(cfg)(*inputs(cfg, [4, 3]), return_attention=True)
+    assert out.attention["static_to_dynamic"].shape[2] == 16
+    with pytest.raises(ConfigError, match="token_layer"):
+        tiny_cfg(static={"token_layer": "layer2"})

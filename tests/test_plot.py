@@ -29,7 +29,7 @@ def tiny_configs() -> RunConfigs:
         {
             "static": {"frames": K, "input_size": FACE},
             "dynamic": {"input_size": FLOW, "channels": 4, "blocks": 1},
-            "fusion": {"dim": 16, "heads": 2, "ff_mult": 1},
+            "fusion": {"dim": 16, "heads": 2, "ff_mult": 1, "shared_position": False},
             "head_hidden": 8,
         }
     )
@@ -94,6 +94,8 @@ def evaluated_run(tmp_path_factory):
     factors = labels[["clip", "split"]].copy()
     for col in LABEL_COLUMNS:
         factors[f"oracle_{col}"] = np.clip(labels[col] + rng.normal(0, 0.02, len(labels)), 0, 1)
+    for key in ("mark_sites", "twitch_sites"):  # the binding factor: 4 of the 8 sites each
+        factors[key] = ["|".join(map(str, sorted(rng.choice(8, 4, replace=False)))) for _ in range(len(labels))]
     factors.to_csv(root / "data" / "raw" / "factors.csv", index=False)
     torch.manual_seed(0)
     configs = tiny_configs()
@@ -141,6 +143,7 @@ EXPECTED_FIGURES = (
     "scores_test",
     "attention_maps",
     "attention_time",
+    "binding_checks",
     "embeddings",
     "flow",
     "stream_importance",

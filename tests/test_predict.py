@@ -49,7 +49,7 @@ def tiny_configs(preprocess: dict) -> RunConfigs:
             "head_hidden": 8,
             "static": {"frames": 2, "input_size": 64},
             "dynamic": {"input_size": 16, "channels": 4, "blocks": 1},
-            "fusion": {"dim": 16, "heads": 2},
+            "fusion": {"dim": 16, "heads": 2, "shared_position": False},
         },
         "train": {},
     }

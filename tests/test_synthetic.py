@@ -122,14 +122,15 @@ def test_static_trait_follows_static_factors_only():
     assert _r2(static, labels["extraversion"].to_numpy()) < 0.01
 
 
-def test_interaction_trait_needs_both_streams():
+def test_neuroticism_needs_both_streams():
     labels, factors = _design(2000)
     f = factors[list(FACTORS)].to_numpy()
     n = labels["neuroticism"].to_numpy()
-    additive = _r2(f, n)
-    with_product = _r2(np.column_stack([f, factors["s_tint"] * factors["d_mouth"]]), n)
-    assert additive < 0.6
-    assert with_product > 0.9
+    product = (factors["s_tint"] * factors["d_mouth"]).to_numpy()
+    binding = factors["b_overlap"].to_numpy()
+    assert _r2(f, n) < 0.25  # what each stream sees on its own, added
+    assert _r2(np.column_stack([f, product]), n) < 0.55
+    assert _r2(np.column_stack([f, product, binding]), n) > 0.9
 
 
 def test_labels_match_the_real_marginals_and_correlate():

@@ -45,7 +45,7 @@ MODEL = {
     "head_hidden": 8,
     "static": {"frames": 2, "input_size": 32},
     "dynamic": {"input_size": 8, "channels": 4, "blocks": 1},
-    "fusion": {"dim": 8, "heads": 2},
+    "fusion": {"dim": 8, "heads": 2, "shared_position": False},
 }
 TRAIN = {"epochs": 2, "batch_size": 4, "lr": 0.01, "threads": 1, "patience": 0, "device": "cpu"}
 

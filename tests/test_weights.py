@@ -23,9 +23,9 @@ from tests.conftest import REPO
 
 TINY = {
     "head_hidden": 8,
-    "static": {"backbone": "resnet18", "frames": 2, "input_size": 32},
+    "static": {"backbone": "resnet18", "frames": 2, "input_size": 32, "token_layer": "layer4"},
     "dynamic": {"backbone": "r3d_18", "input_size": 16},
-    "fusion": {"dim": 8, "heads": 2},
+    "fusion": {"dim": 8, "heads": 2, "shared_position": False},
 }
 
 

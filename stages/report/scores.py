@@ -162,7 +162,7 @@ def oracle_r2(oracle: np.ndarray, pred: np.ndarray, columns: tuple[str, ...]) ->
 
 
 # The synthetic generator's latent factors in factors.csv (s_tint, s_shade, d_mouth, d_blink, ...).
-LATENT_PREFIXES = ("s_", "d_")
+LATENT_PREFIXES = ("s_", "d_", "b_")
 
 
 def factor_readouts(

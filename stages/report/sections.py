@@ -177,8 +177,34 @@ def importance_section(ctx: Context) -> None:
     ctx.summaries["stream_importance"] = {k: v for k, v in streams.items() if k.startswith("drop_")}
 
 
+def binding_section(ctx: Context) -> None:
+    """The binding factor's per-clip checks of this run (evaluate's reports/binding/test.csv)."""
+    import pandas as pd
+
+    from stages.report.ablations import BINDING_TRAIT
+    from stages.report.binding_figures import binding_checks_figure
+
+    path = need(ctx.cfg.binding)
+    per_clip = pd.read_csv(path)
+    if per_clip.empty or "overlap" not in per_clip:
+        raise Missing(f"{path} holds no binding checks (data without the binding factor)")
+    ctx.figure(
+        binding_checks_figure(per_clip, BINDING_TRAIT),
+        "binding_checks",
+        f"The binding factor, clip by clip ({ctx.cfg.split}): left, the attention face tokens at the clip's bound "
+        "sites (marked and twitching) give to flow tokens of the same site, against the same attention at another "
+        "clip's bound sites, as multiples of uniform attention; right, the change of the "
+        f"{BINDING_TRAIT} score when the flow is blanked at bound sites against at as many twitch-only sites. "
+        "Dashed: the diagonal; colour: the clip's overlap.",
+    )
+    ctx.summaries["binding"] = read_json(ctx.cfg.scores).get("binding", {})
+
+
 def ablations_section(ctx: Context) -> None:
-    """Put the ablation table of `python -m stages.compare --table` beside the other tables and in the report."""
+    """Put the ablation table of `python -m stages.study table` (or stages.compare) beside the other
+    tables and in the report, with the grid's per-clip binding checks when the runs hold them."""
+    import pandas as pd
+
     root = Path(ctx.cfg.ablations_dir)
     table = need(root / f"{TABLE}.md")
     for src in (table, root / f"{TABLE}.tex"):
@@ -186,6 +212,23 @@ def ablations_section(ctx: Context) -> None:
             with atomic_path(Path(ctx.cfg.tables_dir) / src.name) as tmp:
                 shutil.copyfile(src, tmp)
     ctx.external_tables[table.stem] = table
+    per_variant = {}
+    for variant in sorted(p.name for p in root.iterdir() if p.is_dir()):
+        frames = [read_table(f) for f in sorted((root / variant).glob("seed*/binding.csv"))]
+        frames = [f for f in frames if "overlap" in f]
+        if frames:
+            per_variant[variant] = pd.concat(frames, ignore_index=True)
+    if per_variant:
+        from stages.report.ablations import BINDING_TRAIT
+        from stages.report.binding_figures import binding_grid_figure
+
+        ctx.figure(
+            binding_grid_figure(per_variant, BINDING_TRAIT),
+            "binding_grid",
+            "The binding checks of every variant of the grid, one dot per test clip and seed (bar: mean): "
+            "attention at the bound sites minus the site-shuffled null (cross-attention variants), and the "
+            f"change of {BINDING_TRAIT} when the flow is blanked at bound minus at twitch-only sites.",
+        )
 
 
 SECTIONS: dict[str, Callable[[Context], None]] = {
@@ -196,5 +239,6 @@ SECTIONS: dict[str, Callable[[Context], None]] = {
     "embeddings": embeddings_section,
     "flow": flow_section,
     "model analyses": importance_section,
+    "binding": binding_section,
     "ablations": ablations_section,
 }

@@ -1,7 +1,8 @@
 """The perception ceiling of the known-answer data: the best an observer of the sampled frames could do.
 
 The oracle knows the latent factors; the pipeline sees frames at `frames.fps`. Tint and shade are
-visible in any frame, so an ideal observer reads them exactly; the speaking and blink rates it can
+visible in any frame and the overlap of marks and twitches in any few, so an ideal observer reads
+them exactly; the speaking and blink rates it can
 only estimate from the mouth and eyelid signals at the sampled instants, and a 6-s clip holds a
 handful of blinks. The observer here is that: the two static factors, plus summary and spectral
 features of the generator's own mouth and eyelid signals sampled as extract-frames samples the
@@ -51,7 +52,10 @@ def observer_features(specs: list[ClipSpec], cfg: SyntheticConfig, sample_fps: f
     for spec in specs:
         motion = clip_motion(spec, cfg)
         keep = sampled_indices(len(motion.mouth), cfg.fps, sample_fps)
-        static = [float(ndtr(spec.s_tint)), float(ndtr(spec.s_shade))]
+        # The overlap of marks and twitches: every twitch moves its site by twitch_px, several
+        # times between 5-fps samples' reach, so an observer of the sampled frames sees it exactly.
+        overlap = len(set(spec.mark_sites) & set(spec.twitch_sites))
+        static = [float(ndtr(spec.s_tint)), float(ndtr(spec.s_shade)), float(overlap)]
         rows.append(
             np.concatenate([static, signal_features(motion.mouth[keep]), signal_features(motion.lids[keep])])
         )

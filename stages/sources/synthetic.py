@@ -24,6 +24,16 @@ factors that the streams of the model must recover:
   `d_blink`, the blink rate (0.1-0.8 Hz): the upper lids slide down from the brows over both
   eyes (a local displacement field, so optical flow sees it) under a skin-coloured lid band,
   for `blink_seconds` (0.5 s, so 5-fps sampling sees two or three frames of each blink).
+* A binding factor, readable only by relating the two streams place to place: eight skin sites
+  (`BINDING_SITES`: forehead, cheeks and jaw, each the centre of its own cell of a 4x4 grid over
+  the aligned face) all carry a small dark mole. Static chroma marks sit at exactly
+  `marked_sites` of the eight (a blob shifting the colour along a direction of zero luma, so the
+  grey images optical flow is computed on do not change), and twitches at exactly
+  `twitching_sites` of them, drawn independently (the mole and the skin around it bob up and
+  down at 0.8-1.6 Hz, so a single frame shows a mole, displaced a little, like every other). The
+  overlap, the number of marked sites that twitch, is hypergeometric; its mean does not depend on
+  which sites are marked or which twitch, so neither stream alone tells anything about it.
+  `b_overlap` is the overlap standardised by the hypergeometric mean and sd.
 * Eye and mouth positions come from a landmark template measured once with MTCNN on the
   upscaled LFW faces (mean of 100 faces; per-face spread about 5 px at 128 px), and the
   astronaut is warped onto the same template.
@@ -32,15 +42,17 @@ Faces and backdrops are shared out between the splits (`IDENTITY_SHARES`: 61/15/
 faces, 8/2/3 of the 13 backdrops), so no person or background of a validation or test clip appears
 in training: a score on test measures generalisation to new people, not recall of known ones.
 
-Every factor is a standard normal drawn independently of the others and of the nuisances
-(face id, background id, head-motion amplitude); a factor reaches the picture through its
-normal CDF, so its visual effect is monotone and bounded. Each trait's standardised score is a
-unit-norm combination of the features (s_tint, s_shade, d_mouth, d_blink, s_tint*d_mouth)
-given in `TRAIT_WEIGHTS`:
+The four appearance and motion factors are standard normals drawn independently of each other,
+of the binding sites and of the nuisances (face id, background id, head-motion amplitude); a
+factor reaches the picture through its normal CDF, so its visual effect is monotone and bounded.
+Each trait's standardised score is a unit-norm combination of the features (s_tint, s_shade,
+d_mouth, d_blink, s_tint*d_mouth, b_overlap) given in `TRAIT_WEIGHTS`:
 
 * openness depends on static factors only (0.90 tint + 0.44 shade);
 * extraversion depends on dynamic factors only (d_mouth);
-* neuroticism is dominated by the interaction s_tint*d_mouth, so only fusion predicts it well;
+* neuroticism is dominated by the binding factor b_overlap (56% of its variance) and the
+  interaction s_tint*d_mouth (30%): only a model that relates where the face is marked to where
+  it moves predicts it well;
 * conscientiousness and agreeableness mix both streams;
 * interview is a weighted sum of the five traits.
 
@@ -52,8 +64,10 @@ extraversion are uncorrelated (each must depend on one stream only) and the othe
 correlate 0.3-0.9 through the factors they share.
 
 `generate_dataset` returns (labels, factors). labels: clip, split and the six label columns.
-factors: clip, split, the four factors, the nuisances (face_id, background_id, head_motion),
-`oracle_<label>` for the six labels, and the physical rates they set (mouth_hz, blink_hz).
+factors: clip, split, the four factors, the binding sites (mark_sites, twitch_sites, bound_sites:
+site numbers joined by '|'; overlap; b_overlap), the nuisances (face_id, background_id,
+head_motion), `oracle_<label>` for the six labels, and the physical rates they set (mouth_hz,
+blink_hz).
 
 Every clip is seeded from (seed, split, index within split), so the output is byte-identical for
 a seed whatever the number of workers, and growing one split leaves the others unchanged.
@@ -79,6 +93,7 @@ from model.atomic import atomic_path
 from model.config import from_section, require
 from model.records import LABEL_COLUMNS, SPLITS, TRAITS, Clip
 from stages.common import ClipResult, resolve_workers, run_clips
+from stages.preprocess.template import ARCFACE_112
 
 log = logging.getLogger(__name__)
 
@@ -89,17 +104,18 @@ REAL_SDS = dict(zip(LABEL_COLUMNS, (0.1470, 0.1552, 0.1523, 0.1364, 0.1535, 0.15
 STATIC_FACTORS = ("s_tint", "s_shade")
 DYNAMIC_FACTORS = ("d_mouth", "d_blink")
 FACTORS = (*STATIC_FACTORS, *DYNAMIC_FACTORS)
-FEATURES = (*FACTORS, "s_tint*d_mouth")
+BINDING_FACTOR = "b_overlap"
+FEATURES = (*FACTORS, "s_tint*d_mouth", BINDING_FACTOR)
 NUISANCES = ("face_id", "background_id", "head_motion")
 
 # Rows are normalised to unit length, so each standardised score has unit variance.
 _RAW_WEIGHTS = {
-    #                  tint  shade mouth blink tint*mouth
-    "openness": (0.90, 0.44, 0.00, 0.00, 0.00),
-    "conscientiousness": (0.45, 0.40, 0.35, 0.55, 0.00),
-    "extraversion": (0.00, 0.00, 1.00, 0.00, 0.00),
-    "agreeableness": (0.55, 0.20, 0.55, 0.30, 0.30),
-    "neuroticism": (0.30, 0.25, 0.30, 0.25, 0.80),
+    #                  tint  shade mouth blink tint*mouth overlap
+    "openness": (0.90, 0.44, 0.00, 0.00, 0.00, 0.00),
+    "conscientiousness": (0.45, 0.40, 0.35, 0.55, 0.00, 0.00),
+    "extraversion": (0.00, 0.00, 1.00, 0.00, 0.00, 0.00),
+    "agreeableness": (0.55, 0.20, 0.55, 0.30, 0.30, 0.00),
+    "neuroticism": (0.30, 0.25, 0.30, 0.25, 0.80, 1.10),
 }
 # Interview as a weighted sum of the trait scores (O, C, E, A, N).
 _INTERVIEW_FROM_TRAITS = (0.15, 0.30, 0.15, 0.20, 0.30)
@@ -139,6 +155,32 @@ N_BACKGROUNDS = len(BACKGROUND_IMAGES) + 2  # then a two-colour gradient and smo
 WARM = np.array([1.12, 0.80, 0.60], np.float32)  # RGB gains of the warmest skin tone
 COOL = np.array([0.80, 0.84, 1.04], np.float32)
 MOUTH_COLOUR = np.array([0.22, 0.06, 0.06], np.float32)
+# The binding sites in the aligned 112-px face (ArcFace template coordinates, x right, y down):
+# each is the centre region of its own cell of a 4x4 grid over the aligned crop (28-px cells, so
+# the 4x4 token grids of the model's streams can tell them apart), on skin, away from the eyes
+# and the mouth. Left and right as seen in the image.
+BINDING_SITES = {
+    "forehead_left": (42.0, 24.0),  # cell (row 0, column 1)
+    "forehead_right": (70.0, 24.0),  # (0, 2)
+    "cheek_outer_left": (22.0, 72.0),  # (2, 0)
+    "cheek_left": (42.0, 72.0),  # (2, 1)
+    "cheek_right": (70.0, 72.0),  # (2, 2)
+    "cheek_outer_right": (90.0, 72.0),  # (2, 3)
+    "jaw_left": (24.0, 96.0),  # (3, 0)
+    "jaw_right": (88.0, 96.0),  # (3, 3)
+}
+N_SITES = len(BINDING_SITES)
+SITE_GRID = 4  # the sites' cells are those of a SITE_GRID x SITE_GRID grid over the aligned face
+# A colour shift of zero luma (ITU-R BT.601 weights, as cv2's RGB2GRAY and the video encoder use):
+# red and a little blue up, green down, a blush (a green one made MTCNN miss faces). Scaled by
+# `mark_chroma`; a mark is this times a Gaussian blob.
+LUMA = np.array([0.299, 0.587, 0.114], np.float32)
+MARK_DIRECTION = np.array([0.4, -(0.299 * 0.4 + 0.114 * 0.1) / 0.587, 0.1], np.float32)
+MARK_SIGMA = 0.045  # blob sd, fraction of the canvas
+MOLE_SIGMA = 0.025  # the mole at every site
+MOLE_DARKNESS = 0.25
+TWITCH_SIGMA = 0.05  # sd of the skin patch a twitch moves
+SITE_JITTER = 0.02  # each clip's sites move this much (uniform, fraction of the canvas) off the template
 NAME_ALPHABET = string.ascii_letters + string.digits + "-_"
 # Faces and backdrops are partitioned between the splits, so that the validation and test clips
 # show people and backgrounds never seen in training: each split's share of the ids
@@ -165,6 +207,12 @@ class SyntheticConfig:
     blink_hz_max: float = 0.8
     blink_seconds: float = 0.5
     shade_max: float = 0.6  # darkening of the beard region at the top of s_shade
+    marked_sites: int = 4  # binding factor: sites (of N_SITES) with a chroma mark
+    twitching_sites: int = 4  # ... and sites that twitch, drawn independently of the marks
+    mark_chroma: float = 0.1  # strength of a mark: peak shift of its colour (RGB in [0, 1]) at zero luma
+    twitch_px: float = 3.0  # twitch amplitude in canvas pixels (the face canvas is CANVAS px)
+    twitch_hz_min: float = 0.8  # twitch rates are uniform in [min, max]; keep max below frames.fps / 2
+    twitch_hz_max: float = 1.6
     workers: int = 0  # 0: one per core
 
     @classmethod
@@ -192,6 +240,18 @@ class SyntheticConfig:
         )
         require(c.label_noise >= 0, f"{name}.label_noise", c.label_noise, "a standard deviation >= 0")
         require(0 <= c.shade_max <= 1, f"{name}.shade_max", c.shade_max, "a fraction in [0, 1]")
+        for key in ("marked_sites", "twitching_sites"):
+            value = getattr(c, key)
+            require(0 <= value <= N_SITES, f"{name}.{key}", value, f"a count of sites in 0..{N_SITES}")
+        for key in ("mark_chroma", "twitch_px"):
+            require(getattr(c, key) >= 0, f"{name}.{key}", getattr(c, key), "a number >= 0")
+        require(c.twitch_hz_min > 0, f"{name}.twitch_hz_min", c.twitch_hz_min, "a rate > 0")
+        require(
+            c.twitch_hz_max >= c.twitch_hz_min,
+            f"{name}.twitch_hz_max",
+            c.twitch_hz_max,
+            "a rate at or above twitch_hz_min",
+        )
         return c
 
     def count(self, split: str) -> int:
@@ -212,13 +272,16 @@ class ClipSpec:
     face_id: int
     background_id: int
     head_motion: float
+    mark_sites: tuple[int, ...] = ()  # indices into BINDING_SITES
+    twitch_sites: tuple[int, ...] = ()
 
 
 # ---------------------------------------------------------------- factors and labels
 
 
 def _clip_rng(clip_seed: tuple[int, int, int], stream: int) -> np.random.Generator:
-    """Independent random streams of one clip: 0 factors, 1 label noise, 2 motion, 3 backdrop."""
+    """Independent random streams of one clip: 0 factors, 1 label noise, 2 motion, 3 backdrop,
+    4 the binding sites, 5 the sites' jitter and twitch timing."""
     return np.random.default_rng([*clip_seed, stream])
 
 
@@ -255,6 +318,7 @@ def sample_specs(cfg: SyntheticConfig, seed: int) -> list[ClipSpec]:
                     face_id=int(faces[split][rng.integers(len(faces[split]))]),
                     background_id=int(backdrops[split][rng.integers(len(backdrops[split]))]),
                     head_motion=float(rng.uniform(0.2, 1.0)),
+                    **binding_sites(cfg, _clip_rng(clip_seed, 4)),
                 )
             )
     names = [s.clip for s in specs]
@@ -263,10 +327,42 @@ def sample_specs(cfg: SyntheticConfig, seed: int) -> list[ClipSpec]:
     return specs
 
 
+def binding_sites(cfg: SyntheticConfig, rng: np.random.Generator) -> dict[str, tuple[int, ...]]:
+    """The marked and the twitching sites of a clip: two independent draws without replacement."""
+    marks = rng.choice(N_SITES, cfg.marked_sites, replace=False)
+    twitches = rng.choice(N_SITES, cfg.twitching_sites, replace=False)
+    return {
+        "mark_sites": tuple(sorted(int(i) for i in marks)),
+        "twitch_sites": tuple(sorted(int(i) for i in twitches)),
+    }
+
+
+def overlap_moments(cfg: SyntheticConfig) -> tuple[float, float]:
+    """Mean and sd of the overlap: hypergeometric, twitching_sites draws from N_SITES of which
+    marked_sites are marked."""
+    n, k, m = N_SITES, cfg.marked_sites, cfg.twitching_sites
+    mean = m * k / n
+    var = m * (k / n) * ((n - k) / n) * ((n - m) / (n - 1)) if n > 1 else 0.0
+    return mean, math.sqrt(var)
+
+
+def join_sites(sites: tuple[int, ...]) -> str:
+    return "|".join(str(i) for i in sites)
+
+
+def split_sites(text: Any) -> tuple[int, ...]:
+    """The inverse of join_sites (factors.csv stores site lists as '0|3|5'; an empty list may read
+    back as NaN)."""
+    if not isinstance(text, str) or not text:
+        return ()
+    return tuple(int(i) for i in text.split("|"))
+
+
 def feature_matrix(factors: pd.DataFrame) -> np.ndarray:
-    """The features the labels are linear in: the four factors and the s_tint*d_mouth product."""
+    """The features the labels are linear in: the four factors, the s_tint*d_mouth product and
+    the binding factor."""
     f = factors[list(FACTORS)].to_numpy(float)
-    return np.column_stack([f, f[:, 0] * f[:, 2]])
+    return np.column_stack([f, f[:, 0] * f[:, 2], factors[BINDING_FACTOR].to_numpy(float)])
 
 
 def oracle_labels(factors: pd.DataFrame, label_noise: float) -> pd.DataFrame:
@@ -283,6 +379,13 @@ def sample_design(cfg: SyntheticConfig, seed: int) -> tuple[list[ClipSpec], pd.D
     """The clips to render, their labels and their factors, without rendering anything."""
     specs = sample_specs(cfg, seed)
     factors = pd.DataFrame([{k: v for k, v in asdict(s).items() if k != "seed"} for s in specs])
+    mean, sd = overlap_moments(cfg)
+    bound = [tuple(sorted(set(s.mark_sites) & set(s.twitch_sites))) for s in specs]
+    factors["mark_sites"] = [join_sites(s.mark_sites) for s in specs]
+    factors["twitch_sites"] = [join_sites(s.twitch_sites) for s in specs]
+    factors["bound_sites"] = [join_sites(b) for b in bound]
+    factors["overlap"] = [len(b) for b in bound]
+    factors[BINDING_FACTOR] = (factors["overlap"] - mean) / sd if sd > 0 else 0.0
     oracle = oracle_labels(factors, cfg.label_noise)
     noise = np.stack([_clip_rng(s.seed, 1).standard_normal(len(LABEL_COLUMNS)) for s in specs])
     labels = factors[["clip", "split"]].copy()
@@ -369,6 +472,7 @@ class Motion:
     mouth: np.ndarray  # opening in [0, 1]
     lids: np.ndarray  # eyelid closure in [0, 1]
     affine: np.ndarray  # [T, 2, 3] canvas -> frame
+    twitch: np.ndarray  # [T, twitching sites] downward displacement of each twitching site (pixels)
 
 
 def mouth_signal(t: np.ndarray, hz: float, rng: np.random.Generator) -> np.ndarray:
@@ -422,7 +526,14 @@ def clip_motion(spec: ClipSpec, cfg: SyntheticConfig) -> Motion:
         t, float(_lerp(cfg.blink_hz_min, cfg.blink_hz_max, spec.d_blink)), cfg.blink_seconds, rng
     )
     scale = cfg.face_scale * cfg.size / CANVAS
-    return Motion(mouth, lids, head_affines(t, spec.head_motion, cfg.size, scale, rng))
+    affine = head_affines(t, spec.head_motion, cfg.size, scale, rng)
+    timing = _clip_rng(spec.seed, 5)
+    timing.uniform(size=(N_SITES, 2))  # the sites' jitter (site_positions) comes first in this stream
+    k = len(spec.twitch_sites)
+    hz = timing.uniform(cfg.twitch_hz_min, cfg.twitch_hz_max, k)
+    phase = timing.uniform(0, 2 * np.pi, k)
+    twitch = cfg.twitch_px * np.sin(2 * np.pi * hz[None] * t[:, None] + phase[None])
+    return Motion(mouth, lids, affine, twitch.reshape(len(t), k))
 
 
 # ---------------------------------------------------------------- rendering
@@ -440,6 +551,28 @@ class FaceRig:
     lid_drop: np.ndarray  # float32 [CANVAS, CANVAS]: downward displacement per unit eyelid closure
     mouth_centre: tuple[float, float]
     mouth_half_width: float
+    twitch_fields: np.ndarray  # float32 [twitching sites, CANVAS, CANVAS]: displacement per pixel of twitch
+    marks: np.ndarray  # float32 [CANVAS, CANVAS, 3]: the chroma marks, added after every warp
+
+
+@cache
+def site_template() -> np.ndarray:
+    """The binding sites on the face canvas [N_SITES, 2]: BINDING_SITES carried from the aligned
+    face to the canvas by the similarity that maps the aligned landmarks onto LANDMARK_TEMPLATE."""
+    m, _ = cv2.estimateAffinePartial2D(ARCFACE_112.astype(np.float32), LANDMARK_TEMPLATE * CANVAS)
+    points = np.array(list(BINDING_SITES.values()), np.float32)[None]
+    return cv2.transform(points, m)[0].astype(np.float32)
+
+
+def site_positions(spec: ClipSpec) -> np.ndarray:
+    """This clip's sites on the canvas: the template jittered a little (stream 5), so a mole's
+    place in one frame says nothing about whether it twitches."""
+    jitter = _clip_rng(spec.seed, 5).uniform(-1, 1, (N_SITES, 2)) * SITE_JITTER * CANVAS
+    return site_template() + jitter.astype(np.float32)
+
+
+def _blob(xx: np.ndarray, yy: np.ndarray, centre: np.ndarray, sigma: float) -> np.ndarray:
+    return np.exp(-0.5 * ((xx - centre[0]) ** 2 + (yy - centre[1]) ** 2) / (sigma * CANVAS) ** 2)
 
 
 def build_rig(spec: ClipSpec, cfg: SyntheticConfig) -> FaceRig:
@@ -452,6 +585,12 @@ def build_rig(spec: ClipSpec, cfg: SyntheticConfig) -> FaceRig:
     beard = ((xx - mx) / (0.34 * CANVAS)) ** 2 + ((yy - 0.86 * CANVAS) / (0.24 * CANVAS)) ** 2 <= 1
     beard = cv2.GaussianBlur(beard.astype(np.float32), (0, 0), 0.04 * CANVAS)
     grey = grey * (1 - cfg.shade_max * float(ndtr(spec.s_shade)) * beard)
+    sites = site_positions(spec)
+    for centre in sites:  # a mole at every site: the texture a twitch moves, the same whatever the labels
+        grey = grey * (1 - MOLE_DARKNESS * _blob(xx, yy, centre, MOLE_SIGMA))
+    marks = sum((_blob(xx, yy, sites[i], MARK_SIGMA) for i in spec.mark_sites), np.zeros_like(xx))
+    fields = [_blob(xx, yy, sites[i], TWITCH_SIGMA) for i in spec.twitch_sites]
+    twitch_fields = np.stack(fields) if fields else np.zeros((0, CANVAS, CANVAS), np.float32)
     tone = COOL + (WARM - COOL) * float(ndtr(spec.s_tint))
     texture = np.clip(grey[..., None] * tone, 0.0, 1.0).astype(np.float32)
 
@@ -481,13 +620,20 @@ def build_rig(spec: ClipSpec, cfg: SyntheticConfig) -> FaceRig:
         lid_drop=lid_drop.astype(np.float32),
         mouth_centre=(float(mx), float(my)),
         mouth_half_width=hw,
+        twitch_fields=twitch_fields.astype(np.float32),
+        marks=(cfg.mark_chroma * marks[..., None] * MARK_DIRECTION).astype(np.float32),
     )
 
 
-def animate_face(rig: FaceRig, mouth: float, lids: float, opening_px: float) -> np.ndarray:
-    """The face texture with the jaw dropped by `mouth` and the eyelids `lids` closed."""
+def animate_face(
+    rig: FaceRig, mouth: float, lids: float, opening_px: float, twitch: np.ndarray | None = None
+) -> np.ndarray:
+    """The face texture with the jaw dropped by `mouth`, the eyelids `lids` closed, the twitching
+    sites moved down by `twitch` pixels each, and the chroma marks on top."""
     yy, xx = np.mgrid[:CANVAS, :CANVAS].astype(np.float32)
     drop = mouth * rig.jaw_drop + lids * rig.lid_drop
+    if twitch is not None and len(twitch):
+        drop = drop + np.tensordot(twitch.astype(np.float32), rig.twitch_fields, axes=1)
     face = cv2.remap(rig.texture, xx, yy - drop, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     gap = mouth * opening_px
     if gap >= 0.5:
@@ -502,7 +648,8 @@ def animate_face(rig: FaceRig, mouth: float, lids: float, opening_px: float) -> 
         lash = np.clip(1 - np.abs(lids - rig.eye_top) * 12.0, 0, 1) * inside * 0.6
         lid = rig.lid_colour * (1 - 0.7 * lash[..., None])
         face = face * (1 - edge[..., None]) + lid * edge[..., None]
-    return face.astype(np.float32)
+    # The marks stay where they are while the skin under them twitches: they are paint, not skin.
+    return np.clip(face + rig.marks, 0.0, 1.0).astype(np.float32)
 
 
 def render_frames(spec: ClipSpec, cfg: SyntheticConfig) -> np.ndarray:
@@ -515,7 +662,7 @@ def render_frames(spec: ClipSpec, cfg: SyntheticConfig) -> np.ndarray:
     frames = np.empty((len(motion.mouth), cfg.size, cfg.size, 3), np.uint8)
     opening = cfg.mouth_open * CANVAS
     for k in range(len(frames)):
-        face = animate_face(rig, float(motion.mouth[k]), float(motion.lids[k]), opening)
+        face = animate_face(rig, float(motion.mouth[k]), float(motion.lids[k]), opening, motion.twitch[k])
         m = motion.affine[k]
         warped = cv2.warpAffine(face, m, dsize, flags=cv2.INTER_LINEAR)
         alpha = cv2.warpAffine(mask, m, dsize, flags=cv2.INTER_LINEAR)[..., None]

@@ -151,7 +151,7 @@ class StaticConfig:
     backbone: str = "resnet18"
     frames: int = 1  # K face frames per clip
     input_size: int = 64  # faces are resized to this side before the CNN
-    token_layer: str = "layer3"  # the ResNet stage whose feature map gives the tokens: layer4 (stride 32) | layer3 (16)
+    token_layer: str = "layer3"  # the ResNet stage giving the tokens: layer4 (stride 32) | layer3 (16)
     pretrained: str = "none"  # local torchvision state dict (python -m stages.weights); none: random init
     freeze: str = ""  # comma-separated parameter-name prefixes, or "upto:layer2"
 

@@ -95,7 +95,9 @@ def evaluated_run(tmp_path_factory):
     for col in LABEL_COLUMNS:
         factors[f"oracle_{col}"] = np.clip(labels[col] + rng.normal(0, 0.02, len(labels)), 0, 1)
     for key in ("mark_sites", "twitch_sites"):  # the binding factor: 4 of the 8 sites each
-        factors[key] = ["|".join(map(str, sorted(rng.choice(8, 4, replace=False)))) for _ in range(len(labels))]
+        factors[key] = [
+            "|".join(map(str, sorted(rng.choice(8, 4, replace=False)))) for _ in range(len(labels))
+        ]
     factors.to_csv(root / "data" / "raw" / "factors.csv", index=False)
     torch.manual_seed(0)
     configs = tiny_configs()

@@ -188,6 +188,36 @@ def test_an_experiment_is_listed_and_its_plots_diff_against_the_baseline(
         assert label in html, label
 
 
+def test_the_study_queues_runs_and_collects_them_from_exp_show(project: Path) -> None:
+    """stages.study on the tiny project: two queued experiments, run by DVC's queue, read back
+    from `dvc exp show --json` and dvc.api into reports/ablations/, then tabled."""
+    run(["dvc", "repro"], project)
+    grid = {
+        "prefix": "t",
+        "seeds": [0],
+        "variants": {"full": {}, "concat": {"model.fusion.type": "concat"}},
+        "common": {"train.epochs": 1},
+    }
+    (project / "tiny_study.yaml").write_text(yaml.safe_dump(grid))
+    commit_all(project, "study baseline")
+    out = run(["python", "-m", "stages.study", "queue", "--config", "tiny_study.yaml"], project)
+    assert "dvc exp run --queue -n t-concat-s0 -S train.epochs=1 -S model.fusion.type=concat" in out
+    run(["dvc", "exp", "run", "--run-all", "-j", "1"], project)  # the queue, in the foreground
+    run(["python", "-m", "stages.study", "collect", "--config", "tiny_study.yaml"], project)
+    root = project / "reports" / "ablations"
+    collected = json.loads((root / "collected.json").read_text())
+    assert collected == {"collected": ["t-full-s0", "t-concat-s0"], "missing": []}
+    params = yaml.safe_load((root / "concat" / "seed0" / "params.yaml").read_text())
+    assert params["model"]["fusion"]["type"] == "concat" and params["train"]["epochs"] == 1
+    assert (root / "concat" / "seed0" / "predictions.csv").read_text().startswith("clip,")
+    full = pd.read_csv(root / "full" / "seed0" / "predictions.csv")
+    assert len(full) == len(pd.read_csv(project / "data/raw/labels.csv").query("split == 'test'"))
+    run(["python", "-m", "stages.study", "table", "--config", "tiny_study.yaml"], project)
+    table = (root / "ablations.md").read_text()
+    assert "concat" in table and "model.fusion.type=concat" in table
+    assert "preregistered" not in json.loads((root / "ablations.json").read_text())  # not the whole grid
+
+
 def test_two_shards_hold_their_own_clips_and_a_new_clip_reruns_only_its_shard(tmp_path: Path) -> None:
     root = copy_project(tmp_path / "sharded", {"shards": {"ids": [0, 1]}})
     stages = run(["dvc", "stage", "list", "--name-only"], root).split()

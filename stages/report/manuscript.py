@@ -468,9 +468,43 @@ def ablation_sentences(run: Run, full: str) -> dict[str, str]:
             "cross-attention",
         ),
         "StreamVerdict": verdict(streams, "No single-stream run has been collected.", "the fused model"),
+        "PreregSentence": preregistered_sentence(run),
         "AblFullSeeds": str(full_seeds or NA),
         "AblVariants": str(len(variants) or NA),
     }
+
+
+def preregistered_sentence(run: Run) -> str:
+    """The pre-registered binding study's tests and verdict (ablations.json `preregistered`), in words."""
+    pre = _get(run.ablations, "preregistered")
+    if not pre:
+        return (
+            "The pre-registered binding study (cross-attention, concat, add and a shuffled-position control, "
+            "five seeds each) has not been collected with this run."
+        )
+    trait = latex_escape(str(pre.get("binding_trait", "neuroticism")))
+
+    def test(key: str, name: str) -> str:
+        t = pre[key]
+        return (
+            f"{name} {signed(t['diff_1mae'])} (95\\% CI [{signed(t['lo'])}, {signed(t['hi'])}], "
+            f"Holm $p$ = {pvalue(t['p_holm'])})"
+        )
+
+    others = pre["other_traits_cross_attention_vs_concat"]
+    level = (
+        f"equivalent within $\\pm${pre['margin']:g} (TOST $p$ = {pvalue(others['p_tost'])})"
+        if others["equivalent"]
+        else f"not shown equivalent within $\\pm${pre['margin']:g} (TOST $p$ = {pvalue(others['p_tost'])})"
+    )
+    return (
+        f"On the binding trait ({trait}), the difference in \\oneminusmae{{}} over seeds and clips was, for "
+        f"{test('cross_attention_vs_concat', 'cross-attention minus concat')}, "
+        f"{test('cross_attention_vs_add', 'cross-attention minus add')}, and "
+        f"{test('shuffled_vs_concat', 'the shuffled-position control minus concat')}; on the other four traits "
+        f"cross-attention and concat were {level}. By the pre-registered rule the hypothesis that "
+        f"cross-attention binds place to place is \\emph{{{pre['verdict']}}} at this study size."
+    )
 
 
 def loss(x: float) -> str:

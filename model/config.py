@@ -6,14 +6,15 @@ rebuilds the same objects, so inference reconstructs exactly the trained network
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, fields, is_dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
+# The params helpers live in model/params.py, so that the data stages, which need only them, do
+# not depend on this module (a change to the network's config then reruns no preprocessing).
+from model.params import ConfigError, as_bool, flatten, from_section, require  # noqa: F401
 from model.records import LABEL_COLUMNS, TRAITS
-
-T = TypeVar("T")
 
 OUTPUTS = {"traits": TRAITS, "traits_interview": LABEL_COLUMNS}
 STREAMS = ("both", "static", "dynamic")
@@ -27,102 +28,6 @@ SCHEDULES = ("cosine", "plateau", "none")
 # `pretrained` values that mean random init on purpose ("" is how older params and checkpoints said it)
 NO_PRETRAINED = ("none", "")
 WEIGHTS_COMMAND = "python -m stages.weights"  # makes the pretrained files (model/ only names it)
-
-
-class ConfigError(ValueError):
-    """A params value of the wrong type or out of range, or an unknown key: says which and what is allowed."""
-
-
-BOOL_WORDS = {
-    "true": True,
-    "yes": True,
-    "on": True,
-    "1": True,
-    "false": False,
-    "no": False,
-    "off": False,
-    "0": False,
-}
-
-
-def as_bool(value: Any, key: str) -> bool:
-    """The one rule for booleans: true/false, 1/0, or the words in BOOL_WORDS (any case)."""
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int) and value in (0, 1):
-        return bool(value)
-    if isinstance(value, str) and value.strip().lower() in BOOL_WORDS:
-        return BOOL_WORDS[value.strip().lower()]
-    raise ConfigError(f"{key}: {value!r} is not a boolean; use true or false")
-
-
-def _coerce(default: Any, value: Any, key: str) -> Any:
-    """`value` as the type of the field's default."""
-    if isinstance(default, bool):
-        return as_bool(value, key)
-    if isinstance(default, int | float) and (isinstance(value, bool) or not isinstance(value, int | float)):
-        raise ConfigError(f"{key}: {value!r} is not a number")
-    if isinstance(default, int):
-        if float(value) != int(value):
-            raise ConfigError(f"{key}: {value!r} is not a whole number")
-        return int(value)
-    if isinstance(default, float):
-        return float(value)
-    if isinstance(default, str):
-        if value is None:
-            return ""
-        if not isinstance(value, str | int | float) or isinstance(value, bool):
-            raise ConfigError(f"{key}: {value!r} is not a string")
-        return str(value)
-    if isinstance(default, tuple):
-        if not isinstance(value, list | tuple):
-            raise ConfigError(f"{key}: {value!r} is not a list")
-        return tuple(value)
-    return value
-
-
-def from_section(cls: type[T], section: Mapping[str, Any] | None, name: str, ignore: Iterable[str] = ()) -> T:
-    """The dataclass `cls` from a params section (nested dataclasses from nested mappings).
-
-    Every value takes the type of its field's default, by one rule for each type; a key the class
-    does not know is an error naming it, unless it is in `ignore` (keys read elsewhere).
-    """
-    section = dict(section or {})
-    if not isinstance(section, dict):
-        raise ConfigError(f"{name}: expected a mapping, got {section!r}")
-    known = {f.name: f for f in fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(section) - set(known) - set(ignore))
-    if unknown:
-        raise ConfigError(f"{name}: unknown params {unknown}; known: {sorted(known)}")
-    defaults = cls()
-    kwargs: dict[str, Any] = {}
-    for key, value in section.items():
-        if key not in known:
-            continue
-        default = getattr(defaults, key)
-        if is_dataclass(default):
-            kwargs[key] = from_section(type(default), value, f"{name}.{key}")
-        else:
-            kwargs[key] = _coerce(default, value, f"{name}.{key}")
-    return cls(**kwargs)
-
-
-def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """A nested mapping as {"dotted.key": leaf}."""
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        dotted = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            out.update(flatten(value, dotted + "."))
-        else:
-            out[dotted] = value
-    return out
-
-
-def require(ok: bool, key: str, value: Any, allowed: str) -> None:
-    """Stop with the key, the value and what is allowed unless `ok`."""
-    if not ok:
-        raise ConfigError(f"{key}: {value!r} is not allowed; expected {allowed}")
 
 
 def _check(value: str, allowed: tuple[str, ...], what: str) -> None:
@@ -359,6 +264,7 @@ class TrainConfig:
     plateau_patience: int = 2
     min_lr: float = 1e-5
     patience: int = 0  # early stopping on validation mean 1-MAE; 0 disables
+    max_clips: int = 0  # train on this many training clips (a fixed, nested subset: learning curves); 0: all
     grad_clip: float = 1.0  # max gradient norm; 0 disables
     amp: bool = True  # mixed precision, used only on CUDA
     channels_last: bool = True
@@ -383,7 +289,9 @@ class TrainConfig:
         _check(self.device.split(":")[0], ("auto", "cpu", "cuda"), "train.device")
         _positive(self, "train", "epochs", "batch_size", "lr", "gpu_sample_seconds")
         _positive(self, "train", "threads", "workers", "weight_decay", "warmup_epochs", zero=True)
-        _positive(self, "train", "plateau_patience", "min_lr", "patience", "grad_clip", zero=True)
+        _positive(
+            self, "train", "plateau_patience", "min_lr", "patience", "grad_clip", "max_clips", zero=True
+        )
         if not 0.0 < self.plateau_factor < 1.0:
             raise ConfigError(f"train.plateau_factor: {self.plateau_factor!r} must be in (0, 1)")
         self.augment.validate()

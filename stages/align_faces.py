@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from model.config import require
+from model.params import require
 from model.records import Clip
 from stages import cli
 from stages.common import (

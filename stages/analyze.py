@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from model.config import from_section, require
+from model.params import from_section, require
 from model.records import SPLITS, TRAITS
 from stages import cli
 from stages.common import load_params, read_labels, resolve_workers, save_npz, setup_logging, write_json

@@ -25,7 +25,7 @@ REPORT = "reports/ceiling.json"
 
 def main(argv: list[str] | None = None) -> None:
     cli.parse(cli.parser("stages.ceiling", __doc__, READS, WRITES), argv)
-    from model.config import ConfigError
+    from model.params import ConfigError
     from stages.sources.synthetic import SyntheticConfig
 
     setup_logging("ceiling")

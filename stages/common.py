@@ -28,7 +28,7 @@ import yaml
 from tqdm import tqdm
 
 from model.atomic import TMP_MARK, atomic_path, is_temporary
-from model.config import ConfigError, flatten, from_section
+from model.params import ConfigError, flatten, from_section
 from model.records import SPLITS, Clip, ClipSource
 
 if TYPE_CHECKING:

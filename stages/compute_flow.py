@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from model.config import ConfigError, from_section, require
+from model.params import ConfigError, from_section, require
 from model.records import SPLITS, Clip
 from stages import cli
 from stages.common import (

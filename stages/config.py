@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 from ruamel.yaml import YAML
 
-from model.config import flatten
+from model.params import flatten
 from stages import cli
 
 READS = "a YAML file of overrides by dotted key (configs/*.yaml) and params.yaml (--params)"

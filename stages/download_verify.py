@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from model.atomic import atomic_path
-from model.config import ConfigError, require
+from model.params import ConfigError, require
 from model.records import LABEL_COLUMNS, SPLITS, Clip
 from stages import cli
 from stages.common import (

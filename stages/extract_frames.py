@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from model.config import from_section, require
+from model.params import from_section, require
 from model.records import Clip
 from stages import cli
 from stages.common import (

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from model.config import from_section, require
+from model.params import from_section, require
 from stages import cli
 from stages.common import load_params, setup_logging
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from model.config import from_section, require
+from model.params import from_section, require
 from model.records import SPLITS
 from stages import cli
 from stages.common import (

@@ -44,7 +44,7 @@ FILES = {  # what collect copies from each experiment: its path there -> the nam
 def load_study(path: str | Path) -> dict[str, Any]:
     """configs/study.yaml, checked: every key known, seeds and variants non-empty, names safe."""
     study = yaml.safe_load(Path(path).read_text())
-    known = {"prefix", "target", "seeds", "common", "variants", "margin", "alpha"}
+    known = {"prefix", "target", "seeds", "common", "variants", "margin", "alpha", "out_dir"}
     if not isinstance(study, dict) or set(study) - known:
         raise ValueError(f"{path}: unknown keys {sorted(set(study or {}) - known)}; allowed {sorted(known)}")
     seeds, variants = study.get("seeds") or [], study.get("variants") or {}
@@ -170,7 +170,7 @@ def _dvc_read(path: str, rev: str) -> str | None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = cli.parser("stages.study", __doc__, READS, WRITES)
-    parser.add_argument("action", choices=("queue", "collect", "table"))
+    parser.add_argument("action", choices=("queue", "collect", "table", "curve"))
     parser.add_argument(
         "--config", default="configs/study.yaml", help="the grid (default configs/study.yaml)"
     )
@@ -184,7 +184,8 @@ def main(argv: list[str] | None = None) -> None:
     setup_logging("study")
     study = load_study(args.config)
     params = load_params()
-    root = Path(params["plot"]["ablations_dir"])
+    grid_root = Path(params["plot"]["ablations_dir"])
+    root = Path(study["out_dir"]) if study["out_dir"] else grid_root
     if args.action == "queue":
         for cmd in queue_commands(study):
             print(" ".join(cmd))
@@ -212,8 +213,17 @@ def main(argv: list[str] | None = None) -> None:
             log.warning("missing: %s", ", ".join(result["missing"]))
         return
     from model import metrics
-    from stages.report.ablations import TABLE, build_table
+    from stages.report.ablations import TABLE, build_table, learning_curve
     from stages.report.tables import write_table
+
+    if args.action == "curve":
+        table, curve = learning_curve(root, grid_root, params["plot"]["full_variant"])
+        write_table(
+            table, root, "learning_curve", "Test 1-MAE (mean over seeds, ± s.d.) against the training clips."
+        )
+        write_json(root / "learning_curve.json", curve)
+        log.info("learning curve of %d points written to %s", len(table), root)
+        return
 
     cfg = params["plot"]
     boot = metrics.BootstrapConfig(int(cfg["n_resamples"]), float(cfg["confidence"]), int(cfg["seed"]))

@@ -38,6 +38,8 @@ from stages.common import (
 # torch and the libraries on it (model/data.py, training.py, distributed.py, tracking.py) are
 # imported by main and run, so that --help never waits for them.
 if TYPE_CHECKING:
+    import pandas as pd
+
     from model.distributed import DistContext
 
 # The params sections that decide what a model is: its card's digest covers them.
@@ -86,6 +88,16 @@ def main(argv: list[str] | None = None) -> None:
         distributed.cleanup(ctx)
 
 
+def learning_subset(rows: pd.DataFrame, n: int) -> pd.DataFrame:
+    """The first n training clips in one fixed order (sorted names, shuffled by a constant seed):
+    every size's subset holds the smaller ones', whatever train.seed, so a learning curve adds clips
+    rather than swapping them."""
+    import numpy as np
+
+    order = np.random.default_rng(20261129).permutation(sorted(rows["clip"]))
+    return rows[rows["clip"].isin(set(order[:n]))]
+
+
 def run(params: dict[str, Any], tcfg: TrainConfig, paths: TrainPaths, ctx: DistContext) -> None:
     """The stage in one process; under torchrun, one rank of it (rank 0 writes every output)."""
     import torch
@@ -119,6 +131,8 @@ def run(params: dict[str, Any], tcfg: TrainConfig, paths: TrainPaths, ctx: DistC
     datasets, skipped = {}, {}
     for split in ("train", "val"):
         rows = labels[labels["split"] == split]
+        if split == "train" and tcfg.max_clips:
+            rows = learning_subset(rows, tcfg.max_clips)
         sources, missing = clip_sources([Clip(c, split) for c in rows["clip"]], faces_dir, flow_dir)
         ds = ClipDataset(sources, labels, configs.data, train=split == "train")
         if configs.data.cache:  # without a cache, reading every clip up front costs a full pass

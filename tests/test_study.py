@@ -178,3 +178,27 @@ def test_without_the_grids_variants_there_is_no_verdict(tmp_path):
             path.unlink()
     _, summary = ablations.build_table(tmp_path, "full", BOOT, 0.05, margin=0.005)
     assert "preregistered" not in summary
+
+
+def test_the_learning_curve_joins_the_curve_runs_and_the_grids_full_size(tmp_path):
+    grid, curve = tmp_path / "grid", tmp_path / "grid" / "curve"
+    rng = np.random.default_rng(2)
+    clips = [f"c{i:03d}" for i in range(40)]
+    truth = rng.uniform(0.3, 0.7, (40, len(TRAITS)))
+    for variant, root, error, params in (
+        ("full", grid, 0.02, {"data": {"synthetic": {"n_train": 400}}, "train": {"max_clips": 0}}),
+        ("concat", grid, 0.03, {"data": {"synthetic": {"n_train": 400}}, "train": {"max_clips": 0}}),
+        ("full_n100", curve, 0.05, {}),
+        ("concat_n100", curve, 0.06, {}),
+    ):
+        for seed in (0, 1):
+            _run(root, variant, seed, truth, rng.choice([-1, 1], truth.shape) * error, clips)
+            (root / variant / f"seed{seed}" / ablations.PARAMS).write_text(yaml.safe_dump(params))
+    table, curve_json = ablations.learning_curve(curve, grid, "full")
+    points = {(p["fusion"], p["clips"]): p for p in curve_json["points"]}
+    assert set(points) == {("full", 100), ("full", 400), ("concat", 100), ("concat", 400)}
+    assert points[("full", 400)]["mean"] == pytest.approx(0.98, abs=0.002)
+    assert points[("concat", 100)]["mean"] == pytest.approx(0.94, abs=0.002)
+    assert points[("full", 100)]["seeds"] == 2 and len(table) == 4
+    # The curve's runs never enter the grid's table (they sit one folder deeper).
+    assert {r.variant for r in ablations.read_runs(grid)} == {"full", "concat"}

@@ -322,3 +322,14 @@ def test_the_projects_own_checkpoints_load_weights_only(tmp_path: Path) -> None:
         tmp_path / "m.pt", build_model(configs.model), configs, epoch=2, history=[{"loss": 0.5, "pid": 7}]
     )
     assert torch.load(tmp_path / "m.pt", weights_only=True)["epoch"] == 2
+
+
+def test_the_learning_curve_subsets_are_nested_and_seed_free() -> None:
+    from stages.train import learning_subset
+
+    rows = pd.DataFrame({"clip": [f"c{i:03d}" for i in range(50)], "split": "train"})
+    small, large = learning_subset(rows, 10), learning_subset(rows, 25)
+    assert len(small) == 10 and len(large) == 25
+    assert set(small["clip"]) <= set(large["clip"])
+    assert set(learning_subset(rows.sample(frac=1.0, random_state=3), 10)["clip"]) == set(small["clip"])
+    assert len(learning_subset(rows, 500)) == 50

@@ -19,7 +19,7 @@ from scipy.ndimage import uniform_filter1d
 from scipy.optimize import linear_sum_assignment
 from skimage.transform import SimilarityTransform
 
-from model.config import from_section, require
+from model.params import from_section, require
 from stages.common import SkipClip
 from stages.preprocess.template import template
 

@@ -438,3 +438,57 @@ def preregistered(
 
 
 # ---------------------------------------------------------------- command line
+
+
+# ---------------------------------------------------------------- the learning curve
+
+
+def learning_curve(curve_root: Path, grid_root: Path, full: str) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Test 1-MAE (mean, and the binding trait) against the number of training clips, per fusion:
+    the curve's runs (<curve_root>/<fusion>_n<clips>/seed<k>/) and the grid's full-size runs of the
+    same fusions (<grid_root>/<full or fusion>/seed<k>/, at the size their params.yaml says)."""
+    points: dict[tuple[str, int], list[np.ndarray]] = {}
+    for run in read_runs(curve_root):
+        fusion, _, size = run.variant.rpartition("_n")
+        points.setdefault((fusion, int(size)), []).append(_accuracy(run.predictions))
+    fusions = {f for f, _ in points}
+    for run in read_runs(grid_root):
+        fusion = "full" if run.variant == full else run.variant
+        if fusion in fusions:
+            size = _train_clips(grid_root / run.variant / f"seed{run.seed}" / PARAMS)
+            points.setdefault((fusion, size), []).append(_accuracy(run.predictions))
+    rows, out = [], {"points": []}
+    for (fusion, size), accs in sorted(points.items()):
+        a = np.array(accs)  # [seeds, traits + mean]
+        mean, sd = a.mean(axis=0), a.std(axis=0, ddof=1) if len(a) > 1 else np.zeros(a.shape[1])
+        n = TRAITS.index(BINDING_TRAIT)
+        rows.append(
+            {
+                "fusion": fusion,
+                "training clips": size,
+                "seeds": len(a),
+                "mean 1-MAE": f"{mean[-1]:.4f} ± {sd[-1]:.4f}",
+                f"{BINDING_TRAIT} 1-MAE": f"{mean[n]:.4f} ± {sd[n]:.4f}",
+            }
+        )
+        out["points"].append(
+            {"fusion": fusion, "clips": size, "seeds": len(a), "mean": float(mean[-1]), "mean_sd": float(sd[-1]),
+             "binding": float(mean[n]), "binding_sd": float(sd[n])}
+        )  # fmt: skip
+    return pd.DataFrame(rows), out
+
+
+def _accuracy(predictions: pd.DataFrame) -> np.ndarray:
+    """1-MAE per trait and their mean, of one run."""
+    truth = predictions[[f"{t}_true" for t in TRAITS]].to_numpy(np.float64)
+    pred = predictions[[f"{t}_pred" for t in TRAITS]].to_numpy(np.float64)
+    acc = metrics.one_minus_mae(truth, pred)
+    return np.append(acc, acc.mean())
+
+
+def _train_clips(params_path: Path) -> int:
+    """The training clips a collected run used: train.max_clips, or all of data.synthetic.n_train."""
+    p = yaml.safe_load(params_path.read_text()) if params_path.is_file() else {}
+    max_clips = int((p.get("train") or {}).get("max_clips") or 0)
+    n_train = int(((p.get("data") or {}).get("synthetic") or {}).get("n_train") or 0)
+    return min(max_clips, n_train) if max_clips and n_train else (max_clips or n_train)

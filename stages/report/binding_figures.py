@@ -86,3 +86,27 @@ def binding_grid_figure(per_variant: Mapping[str, pd.DataFrame], trait: str) -> 
     axes[0].set_title("Attention at the bound sites, per clip and seed")
     axes[1].set_title("Deletion at the bound sites, per clip and seed")
     return fig
+
+
+def learning_curve_figure(points: list[Mapping[str, float]], trait: str) -> Figure:
+    """Test 1-MAE (mean over traits, and the binding trait) against the training clips, one line per
+    fusion, mean ± s.d. over seeds."""
+    fig, axes = subplots(DOUBLE, 2.6, 1, 2)
+    fusions = sorted({str(p["fusion"]) for p in points})
+    for i, fusion in enumerate(fusions):
+        ps = sorted((p for p in points if p["fusion"] == fusion), key=lambda p: p["clips"])
+        x = [p["clips"] for p in ps]
+        for ax, key in zip(axes, ("mean", "binding"), strict=True):
+            ax.errorbar(
+                x, [p[key] for p in ps], yerr=[p[f"{key}_sd"] for p in ps], marker="o", ms=3, lw=1,
+                capsize=2, color=PALETTE[i % 8], label=fusion.replace("_", " "),
+            )  # fmt: skip
+    for ax, title in zip(
+        axes, ("Mean over the five traits", f"{trait.capitalize()} (the binding trait)"), strict=True
+    ):
+        ax.set_xlabel("training clips")
+        ax.set_ylabel("test 1-MAE")
+        ax.set_title(title)
+        ax.set_xscale("log", base=2)
+    axes[1].legend(loc="lower right", frameon=False)
+    return fig

@@ -218,6 +218,17 @@ def ablations_section(ctx: Context) -> None:
         frames = [f for f in frames if "overlap" in f]
         if frames:
             per_variant[variant] = pd.concat(frames, ignore_index=True)
+    curve = root / "curve" / "learning_curve.json"
+    if curve.is_file():
+        from stages.report.ablations import BINDING_TRAIT
+        from stages.report.binding_figures import learning_curve_figure
+
+        ctx.figure(
+            learning_curve_figure(read_json(curve)["points"], BINDING_TRAIT),
+            "learning_curve",
+            "Test 1-MAE against the number of training clips (nested subsets; the largest is the grid's runs), "
+            "mean ± s.d. over seeds, for cross-attention ('full') and concat.",
+        )
     if per_variant:
         from stages.report.ablations import BINDING_TRAIT
         from stages.report.binding_figures import binding_grid_figure

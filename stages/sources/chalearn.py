@@ -20,7 +20,7 @@ from typing import Any
 import pandas as pd
 
 from model.atomic import atomic_path
-from model.config import from_section, require
+from model.params import from_section, require
 from model.records import SPLITS
 from stages.sources.annotations import (
     ANNOTATION_FILES,

@@ -90,7 +90,7 @@ import skimage.data
 from scipy.special import ndtr
 
 from model.atomic import atomic_path
-from model.config import from_section, require
+from model.params import from_section, require
 from model.records import LABEL_COLUMNS, SPLITS, TRAITS, Clip
 from stages.common import ClipResult, resolve_workers, run_clips
 from stages.preprocess.template import ARCFACE_112

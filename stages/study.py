@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> None:
             )
         return
     if args.action == "collect":
-        cmd = ["dvc", "exp", "show", "--json", *(["-A"] if args.all_commits else [])]
+        cmd = ["dvc", "exp", "show", "--json", *(["--rev", args.rev] if args.rev else [])]
         show = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
         ev = params["evaluate"]
         paths = {

@@ -38,10 +38,10 @@ def binding_checks_figure(per_clip: pd.DataFrame, trait: str) -> Figure:
         if panel == "attention":
             d = per_clip.dropna(subset=["attention_bound", "attention_null"])
             x, y = d["attention_null"].to_numpy(), d["attention_bound"].to_numpy()
-            ax.set_xlabel("attention at another clip's bound sites (× uniform)")
-            ax.set_ylabel("attention at this clip's bound sites (× uniform)")
+            ax.set_xlabel("face→flow attention at another clip's bound sites (× uniform)")
+            ax.set_ylabel("face→flow attention at its bound sites (× uniform)")
             above = float((y > x).mean())
-            ax.set_title(f"Face→flow attention, same site ({len(d)} clips; {above:.0%} above the diagonal)")
+            ax.set_title(f"Attention, same site: {len(d)} clips, {above:.0%} above the diagonal")
             ax.axhline(1.0, color=PALETTE[1], lw=0.8, ls=":", zorder=0)
             ax.axvline(1.0, color=PALETTE[1], lw=0.8, ls=":", zorder=0, label="chance (uniform)")
         else:
@@ -50,7 +50,7 @@ def binding_checks_figure(per_clip: pd.DataFrame, trait: str) -> Figure:
             ax.set_xlabel(f"|Δ {trait}| flow blanked at twitch-only sites (score 0-1)")
             ax.set_ylabel(f"|Δ {trait}| flow blanked at bound sites (score 0-1)")
             above = float((y > x).mean())
-            ax.set_title(f"Deletion ({len(d)} clips; {above:.0%} above the diagonal)")
+            ax.set_title(f"Deletion: {len(d)} clips, {above:.0%} above the diagonal")
         scatter = ax.scatter(x, y, c=d["overlap"], cmap=SCORE_CMAP, vmin=0, vmax=vmax, s=9, lw=0)
         _diagonal(ax, x, y)
     if has_attention:

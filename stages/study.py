@@ -6,7 +6,7 @@
     python -m stages.study table        # reports/ablations/ablations.{md,tex,json}, with the verdict
 
 The grid (variants, seeds, the study size shared by every run, the equivalence margin) is
-configs/study.yaml. Each experiment starts from the workspace's params.yaml and changes only what
+configs/studies/binding.yaml. Each experiment starts from the workspace's params.yaml and changes only what
 its variant and seed say (`-S`); nothing rewrites params.yaml between runs. `collect` finds the
 experiments by name in `dvc exp show --json`, checks that their params are the variant's, and reads
 each one's test predictions, scores.json and params.yaml from its experiment commit with dvc.api.
@@ -28,7 +28,7 @@ from stages.common import load_params, setup_logging, write_json
 
 log = logging.getLogger(__name__)
 
-READS = "configs/study.yaml (--config), params `plot` and `evaluate`; collect: `dvc exp show --json` and the experiments' files"
+READS = "configs/studies/binding.yaml (--config), params `plot` and `evaluate`; collect: `dvc exp show --json` and the experiments' files"
 WRITES = (
     "queue: DVC's experiment queue; collect: reports/ablations/<variant>/seed<k>/{predictions.csv,scores.json,"
     "params.yaml,binding.csv}; table: reports/ablations/ablations.{md,tex,json}; reports/logs/study.log"
@@ -42,7 +42,7 @@ FILES = {  # what collect copies from each experiment: its path there -> the nam
 
 
 def load_study(path: str | Path) -> dict[str, Any]:
-    """configs/study.yaml, checked: every key known, seeds and variants non-empty, names safe."""
+    """configs/studies/binding.yaml, checked: every key known, seeds and variants non-empty, names safe."""
     study = yaml.safe_load(Path(path).read_text())
     known = {"prefix", "target", "seeds", "common", "variants", "margin", "alpha", "out_dir"}
     if not isinstance(study, dict) or set(study) - known:
@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = cli.parser("stages.study", __doc__, READS, WRITES)
     parser.add_argument("action", choices=("queue", "collect", "table", "curve"))
     parser.add_argument(
-        "--config", default="configs/study.yaml", help="the grid (default configs/study.yaml)"
+        "--config", default="configs/studies/binding.yaml", help="the grid (default configs/studies/binding.yaml)"
     )
     parser.add_argument("--dry-run", action="store_true", help="queue: print the commands, queue nothing")
     parser.add_argument(

@@ -52,7 +52,7 @@ def test_a_bad_study_config_is_refused_with_the_key(tmp_path):
         path.write_text(yaml.safe_dump(bad))
         with pytest.raises(ValueError, match=match):
             study.load_study(path)
-    assert study.load_study(study.Path("configs/study.yaml"))["seeds"] == [0, 1, 2, 3, 4]
+    assert study.load_study(study.Path("configs/studies/binding.yaml"))["seeds"] == [0, 1, 2, 3, 4]
 
 
 def _show(names_params: dict[str, dict]) -> list:

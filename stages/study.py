@@ -65,6 +65,7 @@ def load_study(path: str | Path) -> dict[str, Any]:
         "target": "evaluate",
         "common": {},
         "alpha": 0.05,
+        "out_dir": "",  # where collect puts the runs; empty: plot.ablations_dir
         **study,
         "margin": float(margin),
     }
@@ -172,13 +173,13 @@ def main(argv: list[str] | None = None) -> None:
     parser = cli.parser("stages.study", __doc__, READS, WRITES)
     parser.add_argument("action", choices=("queue", "collect", "table", "curve"))
     parser.add_argument(
-        "--config", default="configs/studies/binding.yaml", help="the grid (default configs/studies/binding.yaml)"
+        "--config",
+        default="configs/studies/binding.yaml",
+        help="the grid (default configs/studies/binding.yaml)",
     )
     parser.add_argument("--dry-run", action="store_true", help="queue: print the commands, queue nothing")
     parser.add_argument(
-        "--all-commits",
-        action="store_true",
-        help="collect: look in every commit's experiments (dvc exp show -A)",
+        "--rev", help="collect: the commit the experiments were queued on (dvc exp show --rev; default HEAD)"
     )
     args = cli.parse(parser, argv)
     setup_logging("study")

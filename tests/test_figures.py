@@ -22,6 +22,7 @@ from matplotlib.transforms import Bbox
 
 from model.records import TRAITS
 from stages.report import attention_maps as am
+from stages.report import binding_figures as bf
 from stages.report import feature_views as fv
 from stages.report import figures, style
 from tests.test_attention_maps import _dump
@@ -156,6 +157,29 @@ def _makers() -> dict[str, Callable[[], Figure]]:
         "drop_static_sd": dict.fromkeys(full, 0.01),
         "without_dynamic": dict.fromkeys(full, 0.7),
     }
+    n = 40
+    binding = pd.DataFrame(
+        {
+            "clip": [f"c{i}" for i in range(n)],
+            "overlap": rng.integers(0, 5, n),
+            "attention_bound": rng.uniform(0, 3, n),
+            "attention_null": rng.uniform(0, 3, n),
+            "delta_bound": rng.normal(0, 0.01, n),
+            "delta_twitch_only": rng.normal(0, 0.01, n),
+        }
+    )
+    curve = [
+        {
+            "fusion": f,
+            "clips": c,
+            "mean": 0.9 + c / 1e4,
+            "mean_sd": 0.001,
+            "binding": 0.88,
+            "binding_sd": 0.002,
+        }
+        for f in ("full", "concat")
+        for c in (100, 200, 400)
+    ]
     return {
         "training_curves": lambda: figures.training_curves(_curves()),
         "scatter": lambda: figures.prediction_scatter(_predictions()),
@@ -169,6 +193,11 @@ def _makers() -> dict[str, Callable[[], Figure]]:
             occ, TRAITS, rng.integers(0, 256, (32, 32, 3), dtype=np.uint8), boxes
         ),
         "stream_importance": lambda: fv.stream_importance_figure(streams, dict.fromkeys(full, 0.88)),
+        "binding_checks": lambda: bf.binding_checks_figure(binding, "neuroticism"),
+        "binding_grid": lambda: bf.binding_grid_figure(
+            {"full": binding, "concat": binding.drop(columns=["attention_bound"])}, "neuroticism"
+        ),
+        "learning_curve": lambda: bf.learning_curve_figure(curve, "neuroticism"),
     }
 
 

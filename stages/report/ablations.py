@@ -143,7 +143,7 @@ def summarize_variant(runs: list[Run]) -> VariantSummary:
 BINDING_COLUMNS = {  # table column -> path into a run's scores.json
     "b_overlap r": ("factors", "test", "b_overlap", "r"),
     "attention lift (bound - null)": ("binding", "attention", "bound_minus_null", "mean"),
-    "|ΔN| bound - twitch-only": ("binding", "deletion", "abs_bound_minus_twitch_only", "mean"),
+    "deletion: abs ΔN bound - twitch-only": ("binding", "deletion", "abs_bound_minus_twitch_only", "mean"),
 }
 
 
@@ -181,6 +181,7 @@ class SeedClipComparison:
     seeds: tuple[int, int]
     p_tost: float | None = None  # equivalence within +-margin (the larger of the two one-sided p)
     margin: float | None = None
+    resamples: int = 0
 
 
 def seed_clip_bootstrap(
@@ -209,8 +210,14 @@ def seed_clip_bootstrap(
     if margin is not None:
         p_tost = float(max((draws <= -margin).mean(), (draws >= margin).mean()))
     return SeedClipComparison(
-        float(a.mean() - b.mean()), float(low), float(high), float(p), n, (len(a), len(b)), p_tost, margin
+        float(a.mean() - b.mean()), float(low), float(high), float(p), n, (len(a), len(b)), p_tost, margin, r
     )
+
+
+def _p(p: float, resamples: int) -> str:
+    """A bootstrap p for a table: below the resolution of `resamples` draws it is a bound, not zero."""
+    floor = 2.0 / resamples if resamples else 0.0
+    return f"<{floor:.2g}" if p < floor else f"{p:.2g}"
 
 
 def seed_matrix(s: VariantSummary, clips: pd.Index, traits: tuple[str, ...]) -> np.ndarray:
@@ -298,7 +305,7 @@ def ablation_table(
         for column in BINDING_COLUMNS:
             if any(column in v.binding for v in summaries.values()):
                 value = s.binding.get(column)
-                row[column] = "–" if value is None else f"{value:+.3f}"
+                row[column] = "–" if value is None else f"{value:+.4f}"
         if c is None:
             row.update({"Δ MAE vs full [95% CI]": "–", "p (bootstrap)": "–", "p (Holm)": "–", "sig.": ""})
         else:
@@ -306,8 +313,8 @@ def ablation_table(
             row.update(
                 {
                     "Δ MAE vs full [95% CI]": f"{d.diff:+.4f} [{d.low:+.4f}, {d.high:+.4f}]",
-                    "p (bootstrap)": f"{d.p_value:.2g}",
-                    "p (Holm)": f"{c.p_holm:.2g}",
+                    "p (bootstrap)": _p(d.p_value, d.resamples),
+                    "p (Holm)": _p(c.p_holm, d.resamples),
                     "sig.": "*" if c.reject else "",
                 }
             )

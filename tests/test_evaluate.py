@@ -321,6 +321,7 @@ def test_the_ceiling_gives_the_share_of_the_reachable_gap(tiny_run):
     assert scores["ceiling"]["test"]["mean"] == 0.99
     headline = json.loads((tiny_run / "reports" / "metrics.json").read_text())
     assert headline["test"]["reach"] == pytest.approx(scores["reachable_gap"]["test"]["mean"])
+    assert headline["test"]["ceiling"] == 0.99  # the ceiling itself sits beside the share
     # R² against the oracle's noise-free labels, from the predictions written beside them
     test = pd.read_csv(tiny_run / "reports" / "predictions" / "test.csv")
     factors = pd.read_csv(tiny_run / "data" / "factors.csv").set_index("clip").loc[test["clip"]]

@@ -23,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from model.atomic import atomic_path
 from stages import cli
 from stages.common import load_params, setup_logging, write_json
 
@@ -148,9 +149,8 @@ def collect(
                 text = read(paths.get(key, key), exp["rev"])
                 if text is None:
                     continue
-                tmp = dest / f".{target}.tmp"
-                tmp.write_text(text)
-                tmp.replace(dest / target)
+                with atomic_path(dest / target) as tmp:
+                    tmp.write_text(text)
             done.append(name)
             log.info("collected %s (%s) into %s", name, exp["rev"][:7], dest)
     return {"collected": done, "missing": missing}

@@ -547,6 +547,7 @@ class FaceRig:
     lid_colour: np.ndarray  # float32 [3]
     eye_dist: np.ndarray  # float32 [CANVAS, CANVAS]: normalised elliptical distance to the nearer eye
     eye_top: np.ndarray  # float32 [CANVAS, CANVAS]: 0 at the top of the eye ellipse, 1 at its bottom
+    eye_box: tuple[slice, slice]  # rows and columns holding both eye ellipses (eye_dist <= 1)
     jaw_drop: np.ndarray  # float32 [CANVAS, CANVAS]: downward displacement per unit opening (pixels)
     lid_drop: np.ndarray  # float32 [CANVAS, CANVAS]: downward displacement per unit eyelid closure
     mouth_centre: tuple[float, float]
@@ -615,6 +616,7 @@ def build_rig(spec: ClipSpec, cfg: SyntheticConfig) -> FaceRig:
         texture=texture,
         lid_colour=(tone * cheek * 0.92).astype(np.float32),
         eye_dist=np.minimum(*dists).astype(np.float32),
+        eye_box=_nonzero_box(np.minimum(*dists) <= 1.0),
         eye_top=eye_top.astype(np.float32),
         jaw_drop=jaw_drop.astype(np.float32),
         lid_drop=lid_drop.astype(np.float32),
@@ -625,12 +627,26 @@ def build_rig(spec: ClipSpec, cfg: SyntheticConfig) -> FaceRig:
     )
 
 
+def _nonzero_box(weights: np.ndarray) -> tuple[slice, slice]:
+    """The rows and columns of the smallest box holding every non-zero weight."""
+    x, y, w, h = cv2.boundingRect((weights != 0).astype(np.uint8))
+    return slice(y, y + h), slice(x, x + w)
+
+
+@cache
+def _canvas_grid() -> tuple[np.ndarray, np.ndarray]:
+    """Pixel coordinates x, y of the face canvas (float32 [CANVAS, CANVAS] each), read-only."""
+    yy, xx = np.mgrid[:CANVAS, :CANVAS].astype(np.float32)
+    xx.flags.writeable = yy.flags.writeable = False
+    return xx, yy
+
+
 def animate_face(
     rig: FaceRig, mouth: float, lids: float, opening_px: float, twitch: np.ndarray | None = None
 ) -> np.ndarray:
     """The face texture with the jaw dropped by `mouth`, the eyelids `lids` closed, the twitching
     sites moved down by `twitch` pixels each, and the chroma marks on top."""
-    yy, xx = np.mgrid[:CANVAS, :CANVAS].astype(np.float32)
+    xx, yy = _canvas_grid()
     drop = mouth * rig.jaw_drop + lids * rig.lid_drop
     if twitch is not None and len(twitch):
         drop = drop + np.tensordot(twitch.astype(np.float32), rig.twitch_fields, axes=1)
@@ -641,13 +657,17 @@ def animate_face(
         hole = np.zeros((CANVAS, CANVAS), np.float32)
         axes = (max(1, round(0.85 * rig.mouth_half_width)), max(1, round(gap / 2)))
         cv2.ellipse(hole, (round(mx), round(my + gap / 2)), axes, 0, 0, 360, 1.0, -1, cv2.LINE_AA)
-        face = face * (1 - hole[..., None]) + MOUTH_COLOUR * hole[..., None]
+        # Blends below run only where their weight is non-zero: elsewhere they give the face back.
+        box = _nonzero_box(hole)
+        a = hole[box][..., None]
+        face[box] = face[box] * (1 - a) + MOUTH_COLOUR * a
     if lids > 0.02:
-        inside = rig.eye_dist <= 1.0
-        edge = np.clip((lids - rig.eye_top) * 6.0, 0, 1) * inside * 0.7  # soft lid edge over the slide
-        lash = np.clip(1 - np.abs(lids - rig.eye_top) * 12.0, 0, 1) * inside * 0.6
+        box = rig.eye_box
+        inside, top = rig.eye_dist[box] <= 1.0, rig.eye_top[box]
+        edge = np.clip((lids - top) * 6.0, 0, 1) * inside * 0.7  # soft lid edge over the slide
+        lash = np.clip(1 - np.abs(lids - top) * 12.0, 0, 1) * inside * 0.6
         lid = rig.lid_colour * (1 - 0.7 * lash[..., None])
-        face = face * (1 - edge[..., None]) + lid * edge[..., None]
+        face[box] = face[box] * (1 - edge[..., None]) + lid * edge[..., None]
     # The marks stay where they are while the skin under them twitches: they are paint, not skin.
     return np.clip(face + rig.marks, 0.0, 1.0).astype(np.float32)
 
@@ -659,15 +679,38 @@ def render_frames(spec: ClipSpec, cfg: SyntheticConfig) -> np.ndarray:
     bg = background(spec.background_id, cfg.size, _clip_rng(spec.seed, 3))
     mask = _face_mask()
     dsize = (cfg.size, cfg.size)
-    frames = np.empty((len(motion.mouth), cfg.size, cfg.size, 3), np.uint8)
+    # Outside the warped canvas the face and its mask are exactly 0, so a pixel there is the
+    # backdrop's: blend only inside the canvas's bounding box (the same arithmetic, a quarter of it).
+    backdrop = np.clip(bg * 255 + 0.5, 0, 255).astype(np.uint8)
+    frames = np.repeat(backdrop[None], len(motion.mouth), axis=0)
     opening = cfg.mouth_open * CANVAS
-    for k in range(len(frames)):
+    boxes = _canvas_boxes(motion.affine, cfg.size)
+    for k, (y0, y1, x0, x1) in enumerate(boxes):
         face = animate_face(rig, float(motion.mouth[k]), float(motion.lids[k]), opening, motion.twitch[k])
         m = motion.affine[k]
         warped = cv2.warpAffine(face, m, dsize, flags=cv2.INTER_LINEAR)
-        alpha = cv2.warpAffine(mask, m, dsize, flags=cv2.INTER_LINEAR)[..., None]
-        frames[k] = np.clip((bg + alpha * (warped - bg)) * 255 + 0.5, 0, 255).astype(np.uint8)
+        alpha = cv2.warpAffine(mask, m, dsize, flags=cv2.INTER_LINEAR)[y0:y1, x0:x1, None]
+        inner = bg[y0:y1, x0:x1]
+        # (bg + alpha * (face - bg)) * 255 + 0.5, in place, the same operations in the same order
+        blend = warped[y0:y1, x0:x1] - inner
+        blend *= alpha
+        blend += inner
+        blend *= 255
+        blend += 0.5
+        frames[k, y0:y1, x0:x1] = np.clip(blend, 0, 255, out=blend)
     return frames
+
+
+def _canvas_boxes(affines: np.ndarray, size: int) -> np.ndarray:
+    """Per frame, rows y0:y1 and columns x0:x1 (int [T, 4]) of a size x size frame that hold every
+    pixel the face canvas, warped by that frame's affine, reaches: bilinear sampling reads the canvas
+    for source points in (-1, CANVAS) on each axis; its corners are mapped and the box widened by a
+    pixel for OpenCV's fixed-point maths."""
+    corners = np.array([[-1, -1], [CANVAS, -1], [-1, CANVAS], [CANVAS, CANVAS]], np.float64)
+    mapped = np.einsum("tij,cj->tci", affines[:, :, :2], corners) + affines[:, None, :, 2]  # [T, 4, 2]
+    low, high = np.floor(mapped.min(1)) - 1, np.ceil(mapped.max(1)) + 2
+    boxes = np.stack([low[:, 1], high[:, 1], low[:, 0], high[:, 0]], axis=1)
+    return np.clip(boxes, 0, size).astype(np.int64)
 
 
 def write_video(frames: np.ndarray, path: Path, fps: float) -> None:

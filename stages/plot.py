@@ -8,8 +8,10 @@ with the reason recorded in reports/plot.json and in the report, and never ends 
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,6 +21,7 @@ from model.records import SPLITS
 from stages import cli
 from stages.common import (
     load_params,
+    resolve_workers,
     setup_logging,
     write_json,
 )
@@ -71,6 +74,7 @@ class PlotConfig:
     confidence: float = 0.95
     alpha: float = 0.05
     seed: int = 0
+    workers: int = 0  # processes drawing the sections at once; 0: the number of cores
 
     @classmethod
     def from_params(cls, d: dict[str, Any]) -> PlotConfig:
@@ -83,38 +87,92 @@ class PlotConfig:
         require(cfg.n_resamples >= 1, "plot.n_resamples", cfg.n_resamples, "a whole number >= 1")
         for key in ("confidence", "alpha"):
             require(0 < getattr(cfg, key) < 1, f"plot.{key}", getattr(cfg, key), "a level in (0, 1)")
+        workers_ok = isinstance(cfg.workers, int) and not isinstance(cfg.workers, bool) and cfg.workers >= 0
+        require(workers_ok, "plot.workers", cfg.workers, "a count >= 0 (0: one per core)")
         return cfg
 
 
 # ---------------------------------------------------------------- the stage
 
 
+@dataclass
+class SectionResult:
+    """What one section added to the shared Context, so that a section drawn in another process
+    can be merged back in the order of SECTIONS."""
+
+    status: str
+    seconds: float
+    figures: dict[str, str]
+    tables: dict[str, str]
+    summaries: dict[str, Any]
+    external_tables: dict[str, Path]
+
+
+def run_section(name: str, ctx: Context) -> SectionResult:
+    """One section on `ctx`; a missing input (or a failure) is recorded as its status, never raised."""
+    from stages.report.document import Missing
+    from stages.report.sections import SECTIONS
+
+    before = {k: dict(getattr(ctx, k)) for k in ("figures", "tables", "summaries", "external_tables")}
+    start = time.perf_counter()
+    try:
+        SECTIONS[name](ctx)
+        status = "done"
+    except Missing as exc:
+        status = f"skipped: {exc}"
+        log.warning("%s skipped: %s", name, exc)
+    except Exception as exc:
+        status = f"failed: {type(exc).__name__}: {exc}"
+        log.exception("%s failed", name)
+    seconds = round(time.perf_counter() - start, 2)
+    log.info("%s: %s (%.1f s)", name, status, seconds)
+    added = {k: {n: v for n, v in getattr(ctx, k).items() if before[k].get(n) is not v} for k in before}
+    return SectionResult(status, seconds, **added)
+
+
+def run_sections(names: list[str], ctx: Context) -> list[SectionResult]:
+    return [run_section(name, ctx) for name in names]
+
+
+def draw_all(ctx: Context, workers: int) -> dict[str, SectionResult]:
+    """Every section, dealt round-robin to `workers` processes forked before any of them has drawn
+    or imported torch (the sections share nothing but what they write to ctx, merged back here)."""
+    from stages.report.sections import SECTIONS
+
+    names = list(SECTIONS)
+    workers = max(1, min(workers, len(names)))
+    if workers == 1:
+        return dict(zip(names, run_sections(names, ctx), strict=True))
+    groups = [names[i::workers] for i in range(workers)]
+    with ProcessPoolExecutor(workers - 1, mp_context=multiprocessing.get_context("fork")) as pool:
+        others = [pool.submit(run_sections, group, ctx) for group in groups[1:]]
+        results = dict(zip(groups[0], run_sections(groups[0], ctx), strict=True))
+        for group, future in zip(groups[1:], others, strict=True):
+            results |= dict(zip(group, future.result(), strict=True))
+    return {name: results[name] for name in names}
+
+
 def run(params: dict[str, Any]) -> Context:
-    """Every section in turn; a section whose input is missing (or that fails) is skipped and recorded."""
+    """Every section; a section whose input is missing (or that fails) is skipped and recorded."""
     from stages.report import attention_maps as am
     from stages.report import figures
-    from stages.report.document import Context, Missing, render_report, write_text
-    from stages.report.sections import SECTIONS
+    from stages.report.document import Context, render_report, write_text
 
     cfg = PlotConfig.from_params(params.get("plot", {}))
     figures.apply_style(cfg.dpi)
     margin = float(params.get("faces", {}).get("margin", 0.0))
     synthetic = params.get("data", {}).get("source") == "synthetic"
     ctx = Context(cfg, params, am.region_boxes(margin, am.RegionSpec()), synthetic, {}, {}, {}, {})
+    results = draw_all(ctx, resolve_workers(cfg.workers))
+    # What the sections added, in the order of SECTIONS whichever process drew them.
     timings = {}
-    for name, section in SECTIONS.items():
-        start = time.perf_counter()
-        try:
-            section(ctx)
-            ctx.status[name] = "done"
-        except Missing as exc:
-            ctx.status[name] = f"skipped: {exc}"
-            log.warning("%s skipped: %s", name, exc)
-        except Exception as exc:
-            ctx.status[name] = f"failed: {type(exc).__name__}: {exc}"
-            log.exception("%s failed", name)
-        timings[name] = round(time.perf_counter() - start, 2)
-        log.info("%s: %s (%.1f s)", name, ctx.status[name], timings[name])
+    ctx.figures, ctx.tables, ctx.summaries, ctx.external_tables = {}, {}, {}, {}
+    for name, result in results.items():
+        ctx.status[name], timings[name] = result.status, result.seconds
+        ctx.figures |= result.figures
+        ctx.tables |= result.tables
+        ctx.summaries |= result.summaries
+        ctx.external_tables |= result.external_tables
     # Declared outputs exist whatever ran: a skipped section leaves a note saying why.
     if ctx.status.get("attention") != "done":
         write_json(cfg.attention_mass, {"skipped": ctx.status.get("attention", "not run")})

@@ -156,6 +156,21 @@ def test_compiled_networks_find_what_eager_ones_find(detector: af.FaceDetector) 
         for a, b in zip(fast.landmarks + fast.boxes, slow.landmarks + slow.boxes, strict=True):
             np.testing.assert_allclose(a, b, atol=1e-3)
     assert af.compile_networks(detector) is detector  # compiling twice wraps nothing twice
+    assert all(
+        isinstance(s, af.TensorInput) and not isinstance(s.stage, af.TensorInput) for s in detector.stages
+    )
+
+
+def test_stages_given_one_tensor_find_exactly_what_they_find_from_arrays(detector: af.FaceDetector) -> None:
+    """TensorInput converts the batch once per stage instead of at every use: the same numbers."""
+    arrays = af.make_detector()
+    arrays.stages[:] = [s.stage for s in arrays.stages]  # compiled networks, handed NumPy arrays
+    frames = face_frames(4, (320, 240), seed=2)
+    a = af.detect_frames(frames, np.arange(4), detector, CFG)
+    b = af.detect_frames(frames, np.arange(4), arrays, CFG)
+    assert sum(len(x) for x in a.boxes) >= 4
+    for x, y in zip(a.boxes + a.landmarks + a.scores, b.boxes + b.landmarks + b.scores, strict=True):
+        np.testing.assert_array_equal(x, y)
 
 
 def test_coverage_reasons() -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 import types
 from pathlib import Path
 
@@ -224,9 +223,7 @@ def test_main_with_the_real_synthetic_generator(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     synthetic = {"n_train": 2, "n_val": 1, "n_test": 1, "seconds": 1.0, "fps": 10, "size": 128, "workers": 1}
     write_params(tmp_path, {"synthetic": synthetic})
-    start = time.perf_counter()
     download_verify.main()
-    elapsed = time.perf_counter() - start
     labels = read_labels(tmp_path / "data" / "raw" / "labels.csv")
     assert labels.groupby("split").size().to_dict() == {"train": 2, "val": 1, "test": 1}
     values = labels[list(LABEL_COLUMNS)].to_numpy()
@@ -237,7 +234,6 @@ def test_main_with_the_real_synthetic_generator(tmp_path, monkeypatch):
     report = json.loads((tmp_path / "reports" / "data" / "download.json").read_text())
     assert report["problems"] == []
     assert report["videos"]["sizes"] == {"128x128": 4}
-    assert elapsed < 60
 
 
 def test_a_killed_runs_temporary_videos_are_removed_and_never_listed(tmp_path, monkeypatch):

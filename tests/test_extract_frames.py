@@ -145,10 +145,9 @@ def test_saved_clip_loads_back_with_its_key(tmp_path):
 
 
 @pytest.mark.shared_data
-def test_real_clip_sampling_size_and_speed(real_clip, tmp_path):
-    start = time.perf_counter()
+def test_real_clip_sampling_size_and_storage(real_clip, tmp_path):
+    """Its speed is benchmarks/preprocess.py's to measure, not a timed assertion's."""
     got = sample_frames(real_clip, fps=5, max_side=640)
-    seconds = time.perf_counter() - start
     assert got.source_size == (1280, 720) and got.source_frames == 459
     assert got.source_fps == pytest.approx(30.0, rel=1e-3)
     assert got.frames.shape == (77, 360, 640, 3)
@@ -158,7 +157,6 @@ def test_real_clip_sampling_size_and_speed(real_clip, tmp_path):
     save_frames(out, got, params["codec"], params["quality"], "k")
     assert out.stat().st_size <= 2_000_000
     assert np.abs(load_frames(out).frames.astype(int) - got.frames).mean() < 3
-    assert seconds < 10, f"sampling took {seconds:.1f} s"
 
 
 # ---------------------------------------------------------------- the stage

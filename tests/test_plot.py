@@ -194,6 +194,20 @@ def test_plot_writes_every_figure_table_and_the_report(evaluated_run, monkeypatc
     assert set(status["figures"]) == set(EXPECTED_FIGURES)
 
 
+def test_sections_drawn_in_two_processes_give_the_report_of_one(evaluated_run, monkeypatch):
+    """plot.workers deals the sections to forked processes: the same sections, figures, tables and
+    summaries, merged in the order of SECTIONS, so the same report as drawing them in turn."""
+    root, params = evaluated_run
+    monkeypatch.chdir(root)
+    one = plot.run({**params, "plot": {**params["plot"], "workers": 1}})
+    report_one = (root / "reports" / "report.md").read_text()
+    two = plot.run({**params, "plot": {**params["plot"], "workers": 2}})
+    report_two = (root / "reports" / "report.md").read_text()
+    assert two.status == one.status and list(two.figures.items()) == list(one.figures.items())
+    assert two.tables == one.tables and two.summaries.keys() == one.summaries.keys()
+    assert report_two.replace("workers: 2", "workers: 1") == report_one
+
+
 def test_report_embeds_the_ablation_table_that_compare_made(evaluated_run, monkeypatch, tmp_path):
     root, params = evaluated_run
     monkeypatch.chdir(root)

@@ -8,6 +8,7 @@ samples deterministically and never augments. Flow clips of different lengths ar
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -225,17 +226,28 @@ class ClipDataset(Dataset):
 
         Returns the dropped clips with their reasons.
         """
-        dropped: dict[str, str] = {}
-        keep = []
-        for i, source in enumerate(tqdm(self.sources, desc="load clips", unit="clip", mininterval=1.0)):
+
+        def load(i: int) -> Exception | None:
             try:
                 self.arrays(i)
             except Exception as exc:  # noqa: BLE001 - one bad clip must not end the run
-                clip = source.clip
+                return exc
+            return None
+
+        dropped: dict[str, str] = {}
+        keep = []
+        # Two threads: reading and resizing release the GIL, and a clip's arrays are its own.
+        with ThreadPoolExecutor(2) as pool:
+            errors = pool.map(load, range(len(self.sources)))
+            for i, exc in enumerate(
+                tqdm(errors, total=len(self.sources), desc="load clips", unit="clip", mininterval=1.0)
+            ):
+                if exc is None:
+                    keep.append(i)
+                    continue
+                clip = self.sources[i].clip
                 dropped[clip.name] = f"{type(exc).__name__}: {exc}"
                 log.warning("dropped %s/%s: %s", clip.split, clip.name, dropped[clip.name])
-                continue
-            keep.append(i)
         self.sources = [self.sources[i] for i in keep]
         self.targets = self.targets[keep]
         return dropped

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy import stats
-from sklearn.metrics import r2_score
-from statsmodels.stats.multitest import multipletests
+
+# SciPy, scikit-learn and statsmodels (about 1.5 s to import) are imported by the functions that
+# use them: a stage that needs only 1-MAE (analyze) never waits for them.
 
 MEAN = "mean"
 # Bound on the elements of one batch of resampled index arrays, to keep memory flat for any n.
@@ -36,11 +36,15 @@ def one_minus_mae(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
 
 def r2(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
     """Coefficient of determination per column (1 for perfect, 0 for predicting the clips' mean)."""
+    from sklearn.metrics import r2_score
+
     return np.atleast_1d(r2_score(y_true, y_pred, multioutput="raw_values"))
 
 
 def pearson_r(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
     """Pearson correlation per column; NaN where either side is constant (r is undefined there)."""
+    from scipy import stats
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", stats.ConstantInputWarning)
         return np.atleast_1d(stats.pearsonr(y_true, y_pred, axis=0).statistic)
@@ -243,6 +247,8 @@ def compare_paired(err_a: np.ndarray, err_b: np.ndarray, cfg: BootstrapConfig) -
     a, b = _as_2d(err_a).mean(axis=1), _as_2d(err_b).mean(axis=1)
     if a.shape != b.shape:
         raise ValueError(f"runs must be scored on the same clips, got {a.shape} and {b.shape}")
+    from scipy import stats
+
     diff = a - b
     value, low, high = bootstrap(lambda idx: diff[idx].mean(axis=1), len(diff), cfg)
     p_value = 1.0 if not np.any(diff) else float(stats.wilcoxon(a, b).pvalue)
@@ -251,5 +257,7 @@ def compare_paired(err_a: np.ndarray, err_b: np.ndarray, cfg: BootstrapConfig) -
 
 def holm(p_values: Sequence[float], alpha: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
     """Holm's step-down correction over several comparisons: (reject [m] bool, adjusted p [m])."""
+    from statsmodels.stats.multitest import multipletests
+
     reject, adjusted, _, _ = multipletests(np.asarray(p_values, dtype=np.float64), alpha=alpha, method="holm")
     return reject, adjusted

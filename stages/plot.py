@@ -7,6 +7,7 @@ with the reason recorded in reports/plot.json and in the report, and never ends 
 
 from __future__ import annotations
 
+import copy
 import logging
 import multiprocessing
 import sys
@@ -145,10 +146,17 @@ def draw_all(ctx: Context, workers: int) -> dict[str, SectionResult]:
         return dict(zip(names, run_sections(names, ctx), strict=True))
     groups = [names[i::workers] for i in range(workers)]
     with ProcessPoolExecutor(workers - 1, mp_context=multiprocessing.get_context("fork")) as pool:
-        others = [pool.submit(run_sections, group, ctx) for group in groups[1:]]
+        # Each worker gets a snapshot: the pool pickles its arguments later, on a thread of its own,
+        # while this process is already drawing into ctx.
+        others = [pool.submit(run_sections, group, copy.deepcopy(ctx)) for group in groups[1:]]
         results = dict(zip(groups[0], run_sections(groups[0], ctx), strict=True))
         for group, future in zip(groups[1:], others, strict=True):
-            results |= dict(zip(group, future.result(), strict=True))
+            try:
+                drawn = future.result()
+            except Exception as exc:  # noqa: BLE001 - a worker that died (memory, a crash): draw here
+                log.warning("a plot worker failed (%s: %s); drawing %s here", type(exc).__name__, exc, group)
+                drawn = run_sections(group, ctx)
+            results |= dict(zip(group, drawn, strict=True))
     return {name: results[name] for name in names}
 
 

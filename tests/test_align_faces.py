@@ -161,6 +161,14 @@ def test_compiled_networks_find_what_eager_ones_find(detector: af.FaceDetector) 
     )
 
 
+def test_a_tensor_input_stage_copies_without_recursing() -> None:
+    import copy
+    from types import SimpleNamespace
+
+    stage = af.TensorInput(SimpleNamespace(_model="net"))  # attributes are the wrapped stage's
+    assert copy.copy(stage)._model == "net" and copy.deepcopy(stage)._model == "net"
+
+
 def test_stages_given_one_tensor_find_exactly_what_they_find_from_arrays(detector: af.FaceDetector) -> None:
     """TensorInput converts the batch once per stage instead of at every use: the same numbers."""
     arrays = af.make_detector()

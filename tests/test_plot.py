@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import matplotlib.image as mpimg
@@ -19,6 +20,7 @@ from model.records import LABEL_COLUMNS, TRAITS
 from model.training import RunConfigs, save_checkpoint
 from stages import analyze, evaluate, plot
 from stages.report import ablations, tables
+from stages.report.sections import SECTIONS
 from tests.conftest import REPO
 
 FACE, FLOW, K = 32, 16, 2
@@ -206,6 +208,24 @@ def test_sections_drawn_in_two_processes_give_the_report_of_one(evaluated_run, m
     assert two.status == one.status and list(two.figures.items()) == list(one.figures.items())
     assert two.tables == one.tables and two.summaries.keys() == one.summaries.keys()
     assert report_two.replace("workers: 2", "workers: 1") == report_one
+
+
+def test_a_plot_worker_that_dies_has_its_sections_drawn_here(evaluated_run, monkeypatch):
+    """A worker killed mid-run (memory, a crash) must not end the stage: its sections are drawn in
+    the main process instead, and the report is whole."""
+    root, params = evaluated_run
+    monkeypatch.chdir(root)
+    parent, draw = os.getpid(), plot.run_sections
+
+    def dies_in_a_worker(names, ctx):
+        if os.getpid() != parent:
+            os._exit(1)
+        return draw(names, ctx)
+
+    monkeypatch.setattr(plot, "run_sections", dies_in_a_worker)
+    ctx = plot.run({**params, "plot": {**params["plot"], "workers": 2}})
+    assert set(ctx.status) == set(SECTIONS) and ctx.status["predictions"] == "done"
+    assert set(EXPECTED_FIGURES) <= set(ctx.figures)
 
 
 def test_report_embeds_the_ablation_table_that_compare_made(evaluated_run, monkeypatch, tmp_path):

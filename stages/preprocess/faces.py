@@ -171,6 +171,8 @@ class TensorInput:
         self.stage = stage
 
     def __getattr__(self, name: str) -> Any:
+        if name == "stage":  # not set yet (copy, unpickling): no recursion through self.stage
+            raise AttributeError(name)
         return getattr(self.stage, name)
 
     def __call__(self, images_normalized: Any, **kwargs: Any) -> Any:

@@ -7,13 +7,12 @@ with the reason recorded in reports/plot.json and in the report, and never ends 
 
 from __future__ import annotations
 
-import copy
 import logging
 import multiprocessing
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -98,8 +97,8 @@ class PlotConfig:
 
 @dataclass
 class SectionResult:
-    """What one section added to the shared Context, so that a section drawn in another process
-    can be merged back in the order of SECTIONS."""
+    """What one section made: its status and time, and its own figures, tables and summaries, so
+    that sections drawn in other processes merge back in the order of SECTIONS."""
 
     status: str
     seconds: float
@@ -110,14 +109,15 @@ class SectionResult:
 
 
 def run_section(name: str, ctx: Context) -> SectionResult:
-    """One section on `ctx`; a missing input (or a failure) is recorded as its status, never raised."""
+    """One section, drawn into a Context of its own (ctx itself is only read); a missing input (or a
+    failure) is recorded as its status, never raised."""
     from stages.report.document import Missing
     from stages.report.sections import SECTIONS
 
-    before = {k: dict(getattr(ctx, k)) for k in ("figures", "tables", "summaries", "external_tables")}
+    own = replace(ctx, figures={}, tables={}, status={}, summaries={}, external_tables={})
     start = time.perf_counter()
     try:
-        SECTIONS[name](ctx)
+        SECTIONS[name](own)
         status = "done"
     except Missing as exc:
         status = f"skipped: {exc}"
@@ -127,8 +127,7 @@ def run_section(name: str, ctx: Context) -> SectionResult:
         log.exception("%s failed", name)
     seconds = round(time.perf_counter() - start, 2)
     log.info("%s: %s (%.1f s)", name, status, seconds)
-    added = {k: {n: v for n, v in getattr(ctx, k).items() if before[k].get(n) is not v} for k in before}
-    return SectionResult(status, seconds, **added)
+    return SectionResult(status, seconds, own.figures, own.tables, own.summaries, own.external_tables)
 
 
 def run_sections(names: list[str], ctx: Context) -> list[SectionResult]:
@@ -137,7 +136,7 @@ def run_sections(names: list[str], ctx: Context) -> list[SectionResult]:
 
 def draw_all(ctx: Context, workers: int) -> dict[str, SectionResult]:
     """Every section, dealt round-robin to `workers` processes forked before any of them has drawn
-    or imported torch (the sections share nothing but what they write to ctx, merged back here)."""
+    or imported torch; each section draws into a Context of its own, and run merges them back."""
     from stages.report.sections import SECTIONS
 
     names = list(SECTIONS)
@@ -146,9 +145,8 @@ def draw_all(ctx: Context, workers: int) -> dict[str, SectionResult]:
         return dict(zip(names, run_sections(names, ctx), strict=True))
     groups = [names[i::workers] for i in range(workers)]
     with ProcessPoolExecutor(workers - 1, mp_context=multiprocessing.get_context("fork")) as pool:
-        # Each worker gets a snapshot: the pool pickles its arguments later, on a thread of its own,
-        # while this process is already drawing into ctx.
-        others = [pool.submit(run_sections, group, copy.deepcopy(ctx)) for group in groups[1:]]
+        # Sections draw into contexts of their own, so ctx stays as it is while the pool pickles it.
+        others = [pool.submit(run_sections, group, ctx) for group in groups[1:]]
         results = dict(zip(groups[0], run_sections(groups[0], ctx), strict=True))
         for group, future in zip(groups[1:], others, strict=True):
             try:
@@ -172,9 +170,8 @@ def run(params: dict[str, Any]) -> Context:
     synthetic = params.get("data", {}).get("source") == "synthetic"
     ctx = Context(cfg, params, am.region_boxes(margin, am.RegionSpec()), synthetic, {}, {}, {}, {})
     results = draw_all(ctx, resolve_workers(cfg.workers))
-    # What the sections added, in the order of SECTIONS whichever process drew them.
+    # What the sections made, in the order of SECTIONS whichever process drew them.
     timings = {}
-    ctx.figures, ctx.tables, ctx.summaries, ctx.external_tables = {}, {}, {}, {}
     for name, result in results.items():
         ctx.status[name], timings[name] = result.status, result.seconds
         ctx.figures |= result.figures
